@@ -1,0 +1,1 @@
+"""The HTTP(S) control API: server, routes, TLS and the optional debug endpoints."""

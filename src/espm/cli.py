@@ -1,0 +1,155 @@
+"""Command line: `espm [run]` runs the manager; status|start|stop|kill|keystore talk to one."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from espm import __version__
+from espm.config import VARIABLES, Config, ConfigError, load
+from espm.supervisor.signals import StartupSignals
+
+if TYPE_CHECKING:
+    from espm.api.tls import CertificateWatcher
+    from espm.supervisor.state import ProcessState
+
+CLIENT_COMMANDS = ("status", "start", "stop", "kill", "keystore")
+COMMANDS = ("run", "demo", *CLIENT_COMMANDS)
+EXIT_CONFIG = 2
+
+
+def _variables_help() -> str:
+    width = max(len(v.name) for v in VARIABLES)
+    lines = ["environment variables (each also a flag: PM_HTTP_PORT is --pm-http-port):"]
+    for v in VARIABLES:
+        default = v.default if v.default else "(empty)"
+        lines.append(f"  {v.name:<{width}}  {v.help}; default: {default}")
+    return "\n".join(lines)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="espm",
+        description="A PID 1 process manager for Elasticsearch containers.",
+        usage="espm [run] [--pm-...=VALUE ...] [-- CMD ARGS...]\n"
+        "       espm {status,start,stop,kill,keystore} [--url URL] [--json] ...\n"
+        "       espm demo",
+        epilog=_variables_help() + "\n\ncommands:\n"
+        "  run        run the manager (the default): starts CMD, or PM_PROC_CMD\n"
+        "  status     show the managed process's status\n"
+        "  start, stop, kill   act on the managed process\n"
+        "  keystore   show the keystore updater's status\n"
+        "  demo       run espm on a built-in demo (stand-in Elasticsearch and keystore tool)\n"
+        "\nexit status of run: the process's own (128+N for signal N), 2 on a configuration "
+        "error,\n127/126 when the command cannot be started.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"espm {__version__}")
+    return parser
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="espm run",
+        description="Run the manager.",
+        epilog=_variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for v in VARIABLES:
+        parser.add_argument(
+            v.flag, dest=v.dest, metavar="VALUE", default=None, help=f"{v.help} (env {v.name})"
+        )
+    parser.add_argument("--version", action="version", version=f"espm {__version__}")
+    return parser
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], tuple[str, ...] | None]:
+    if "--" in argv:
+        at = argv.index("--")
+        command = tuple(argv[at + 1 :])
+        if not command:
+            raise ConfigError("--", "", "expected a command after --")
+        return argv[:at], command
+    return argv, None
+
+
+def configure(argv: list[str], env: dict[str, str]) -> Config:
+    """The configuration from flags, then the environment, then the defaults."""
+    options, command = _split_command(argv)
+    args = _run_parser().parse_args(options)
+    flags = {v.name: getattr(args, v.dest) for v in VARIABLES}
+    return load(env, flags, command)
+
+
+def _run(argv: list[str], startup: StartupSignals) -> int:
+    env = dict(os.environ)
+    try:
+        config = configure(argv, env)
+        recorded = _recorded_state(config)
+        tls = _tls(config)
+    except ConfigError as err:
+        print(f"espm: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    from espm import logs
+
+    logs.setup(config.log.level, config.log.format)
+    from espm.manager import run
+
+    return run(config, startup, env, recorded, tls)
+
+
+def _recorded_state(config: Config) -> ProcessState | None:
+    path = config.process.state_file
+    if path is None:
+        return None
+    from espm.supervisor.state import StateFileError, read_state_file
+
+    try:
+        return read_state_file(path)
+    except StateFileError as err:
+        raise ConfigError("PM_STATE_FILE", str(path), str(err)) from None
+
+
+def _tls(config: Config) -> CertificateWatcher | None:
+    http = config.http
+    if not http.tls:
+        return None
+    from espm.api.tls import CertificateWatcher, TlsError
+
+    assert http.cert_path is not None and http.key_path is not None
+    try:
+        return CertificateWatcher(http.cert_path, http.key_path, http.client_ca_path)
+    except TlsError as err:
+        raise ConfigError(
+            "PM_CERT_PATH", str(http.cert_path), f"{err} (PM_KEY_PATH={http.key_path})"
+        ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # First thing: block signals, so that one arriving during start-up waits for its handler.
+    startup = StartupSignals()
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and args[0] in COMMANDS else None
+    if command is None and args and args[0] in ("-h", "--help", "--version"):
+        startup.unblock()
+        _top_parser().parse_args(args)
+        return 0
+    if command in CLIENT_COMMANDS:
+        startup.unblock()
+        from espm.client import main as client_main
+
+        return client_main(command, args[1:])
+    if command == "demo":
+        startup.unblock()
+        from espm.demo import main as demo_main
+
+        return demo_main(args[1:])
+    if command == "run":
+        args = args[1:]
+    try:
+        return _run(args, startup)
+    except SystemExit as exc:  # argparse's own errors and --help
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG

@@ -1,0 +1,1 @@
+"""The keystore updater: Secret directory → elasticsearch.keystore, then reload secure settings."""

@@ -1,0 +1,219 @@
+"""Wiring: starts the parts in order (child first), owns the exit status, shuts down."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from espm.config import Config
+from espm.supervisor.process import Ending, ManagedProcess
+from espm.supervisor.reaper import Reaper, set_child_subreaper
+from espm.supervisor.signals import (
+    TERMINATING,
+    SignalForwarder,
+    StartupSignals,
+    signal_name,
+)
+from espm.supervisor.state import KEPT_DOWN, ProcessState
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from espm.api.readiness import ReadinessProbe
+    from espm.api.server import ApiServer
+    from espm.api.tls import CertificateWatcher
+    from espm.keystore.updater import KeystoreUpdater
+
+log = logging.getLogger("espm.manager")
+
+
+class Manager:
+    """Everything one run of espm holds: the process, the reaper, the API, the updater."""
+
+    def __init__(
+        self,
+        config: Config,
+        startup: StartupSignals,
+        forwarder: SignalForwarder,
+        env: Mapping[str, str],
+        recorded: ProcessState | None,
+        tls: CertificateWatcher | None = None,
+    ) -> None:
+        self.config = config
+        self.startup = startup
+        self.forwarder = forwarder
+        self.recorded = recorded
+        self.tls = tls
+        self.reaper = Reaper(config.process.reaper)
+        self.process = ManagedProcess(
+            config.process, self.reaper, forwarder, startup, env, self._process_ended
+        )
+        if recorded is not None:
+            self.process.restore(recorded)
+        self.updater: KeystoreUpdater | None = None
+        self.api: ApiServer | None = None
+        self._readiness: ReadinessProbe | None = None
+        self._exit: asyncio.Future[int] | None = None
+        self._early_exit: int | None = None  # decided before the loop ran
+
+    @property
+    def readiness(self) -> ReadinessProbe:
+        if self._readiness is None:
+            from espm.api.readiness import ReadinessProbe
+
+            self._readiness = ReadinessProbe(self.config.keystore)
+        return self._readiness
+
+    # -- decisions --------------------------------------------------------------------------
+
+    @property
+    def kept_down(self) -> bool:
+        """The state file says an operator stopped the process: wait for an API start."""
+        return self.recorded in KEPT_DOWN
+
+    def exit(self, code: int) -> None:
+        if self._exit is None:
+            self._early_exit = code if self._early_exit is None else self._early_exit
+        elif not self._exit.done():
+            self._exit.set_result(code)
+
+    def exit_status(self, ending: Ending) -> int:
+        return 0 if ending.exit_code in self.config.process.success_exit_codes else ending.exit_code
+
+    def _process_ended(self, ending: Ending) -> None:
+        if not ending.requested:
+            log.info("the process ended on its own: exiting with its status")
+            self.exit(self.exit_status(ending))
+        elif self.config.process.exit_on_stop:
+            log.info("the process ended after an API request and PM_EXIT_ON_STOP is set: exiting")
+            self.exit(self.exit_status(ending))
+
+    def _signal_seen(self, signum: int, forwarded: bool) -> None:
+        name = signal_name(signum)
+        if forwarded:
+            log.debug("forwarded %s", name, extra={"signal": name})
+        elif not self.process.running and signum in TERMINATING:
+            log.info("%s with no process running: exiting", name, extra={"signal": name})
+            self.exit(0)
+        else:
+            log.info("%s dropped: no process to forward it to", name, extra={"signal": name})
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def start_first(self) -> bool:
+        """Start the process before the event loop, when nothing has to come first.
+
+        Returns False when the manager must exit instead (see `early_exit`).
+        """
+        self.forwarder.drain(self._signal_seen)
+        if self._early_exit is not None:
+            return False
+        outcome = self.process.start()
+        if outcome.error is not None:
+            self._early_exit = self.process.exit_code or 1
+            return False
+        return True
+
+    @property
+    def early_exit(self) -> int | None:
+        return self._early_exit
+
+    async def main(self, started: bool) -> int:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        self._exit = loop.create_future()
+        if self._early_exit is not None:
+            self._exit.set_result(self._early_exit)
+        self.reaper.install(loop)
+        self.forwarder.attach(loop, self._signal_seen)
+        try:
+            if not started and not self._exit.done():
+                code = await self._first_start()
+                if code is not None:
+                    return code
+            if not self._exit.done():
+                await self._start_services()
+            return await self._exit
+        finally:
+            await self._shutdown()
+
+    async def _first_start(self) -> int | None:
+        """Build the keystore, then start the process; an exit code when the manager must stop."""
+        import asyncio
+
+        assert self._exit is not None
+        if self.config.keystore.enabled:
+            from espm.keystore.updater import KeystoreUpdater
+
+            self.updater = KeystoreUpdater(self.config.keystore, self.reaper)
+            build = asyncio.ensure_future(self.updater.initial_build())
+            await asyncio.wait([build, self._exit], return_when=asyncio.FIRST_COMPLETED)
+            if self._exit.done():
+                build.cancel()
+                return self._exit.result()
+        if self.kept_down:
+            log.info(
+                "the state file records %s: waiting for POST /%s/start",
+                self.recorded.value if self.recorded else "",
+                self.config.process.name,
+            )
+            return None
+        outcome = self.process.start()
+        if outcome.error is not None:
+            return self.process.exit_code or 1
+        return None
+
+    async def _start_services(self) -> None:
+        from espm.api.server import ApiServer
+
+        self.api = ApiServer(self)
+        await self.api.start()
+        if self.updater is not None:
+            self.updater.start_watching()
+
+    async def _shutdown(self) -> None:
+        if self.api is not None:
+            await self.api.close()
+        if self.updater is not None:
+            await self.updater.close()
+        if self.process.pid is not None:
+            # Exiting with a process still running (e.g. the manager was told to exit):
+            # take its whole group with us rather than leave it to the kernel.
+            with contextlib.suppress(OSError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def run(
+    config: Config,
+    startup: StartupSignals,
+    env: Mapping[str, str],
+    recorded: ProcessState | None,
+    tls: CertificateWatcher | None = None,
+) -> int:
+    """Run the manager until it must exit; return its exit status."""
+    forwarder = SignalForwarder()
+    forwarder.install()
+    if config.process.reaper and os.getpid() != 1:
+        try:
+            set_child_subreaper()
+        except OSError as err:
+            log.warning("cannot become a child subreaper (%s): orphans will not be reaped", err.strerror)
+    manager = Manager(config, startup, forwarder, env, recorded, tls)
+    startup.unblock()
+    started = False
+    if not config.keystore.enabled and not manager.kept_down:
+        # The child first: start it before the event loop and the API are even imported.
+        started = manager.start_first()
+        if manager.early_exit is not None and not started:
+            return manager.early_exit
+    import asyncio  # only now: the child is already running
+
+    code = asyncio.run(manager.main(started))
+    sys.stderr.flush()
+    return code

@@ -1,0 +1,1 @@
+"""Stand-ins for elasticsearch-keystore and Elasticsearch, for tests and the demo."""

@@ -1,0 +1,1 @@
+"""Supervision of the managed process: spawning, signals, reaping and its state."""

@@ -1,0 +1,113 @@
+"""The one owner of waitpid: SIGCHLD → waitpid loop → the exit status to whoever waits for it.
+
+Nothing else in espm waits for a child. Whoever starts one (the managed process, a keystore tool
+run) registers its pid here right after the fork, in the same synchronous step, so a status can
+never be reaped before its owner is known, and never be stolen by another wait.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+log = logging.getLogger("espm.reaper")
+
+PR_SET_CHILD_SUBREAPER = 36
+
+ExitCallback = Callable[[int], None]
+"""Called with the raw wait status of a registered child."""
+
+
+def set_child_subreaper() -> None:
+    """Adopt orphaned descendants, as PID 1 does, so they can be reaped here."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class Reaper:
+    """Reaps children on SIGCHLD; registered pids get their status, orphans are counted."""
+
+    def __init__(self, reap_orphans: bool) -> None:
+        self.reap_orphans = reap_orphans
+        self.orphans_reaped = 0
+        self._owners: dict[int, ExitCallback] = {}
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Listen for SIGCHLD on the loop and sweep once for children that ended before."""
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        self.reap()
+
+    def register(self, pid: int, on_exit: ExitCallback) -> None:
+        """Hand the exit status of child `pid` to `on_exit` when it ends."""
+        self._owners[pid] = on_exit
+
+    def unregister(self, pid: int) -> None:
+        self._owners.pop(pid, None)
+
+    def wait(self, pid: int) -> asyncio.Future[int]:
+        """A future resolved with the raw wait status of child `pid`."""
+        import asyncio
+
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def resolve(status: int) -> None:
+            if not future.done():
+                future.set_result(status)
+
+        self.register(pid, resolve)
+        return future
+
+    def reap(self) -> None:
+        """Collect every child that has ended; never blocks."""
+        if self.reap_orphans:
+            self._reap_any()
+        else:
+            self._reap_registered()
+
+    def _reap_any(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # ECHILD: no children at all
+            except InterruptedError:
+                continue  # PEP 475 retries, but a handler that raises may still surface it
+            if pid == 0:
+                return  # children remain, none has ended
+            self._deliver(pid, status)
+
+    def _reap_registered(self) -> None:
+        # PM_REAPER=false: orphans are left alone, only our own children are collected.
+        for pid in list(self._owners):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if done:
+                self._deliver(pid, status)
+
+    def _deliver(self, pid: int, status: int) -> None:
+        owner = self._owners.pop(pid, None)
+        if owner is None:
+            self.orphans_reaped += 1
+            log.debug("reaped orphan", extra={"orphan.pid": pid})
+            return
+        try:
+            owner(status)
+        except Exception:
+            log.exception("exit callback failed", extra={"child.pid": pid})
+
+
+def is_gone(err: OSError) -> bool:
+    """True when a kill failed only because the target no longer exists."""
+    return err.errno == errno.ESRCH
