@@ -142,6 +142,10 @@ class Manager:
             return await self._exit
         finally:
             await self._shutdown()
+            # Before the loop closes its self-pipe: a signal written to a closed wakeup fd
+            # would fail, and SIGCHLD must go back to its default for the last orphans.
+            self.forwarder.detach()
+            loop.remove_signal_handler(signal.SIGCHLD)
 
     async def _first_start(self) -> int | None:
         """Build the keystore, then start the process; an exit code when the manager must stop."""

@@ -24,6 +24,9 @@ log = logging.getLogger("espm.signals")
 # SIGKILL and SIGSTOP cannot be caught; SIGCHLD is the reaper's own.
 NOT_FORWARDED = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
 FORWARDED: tuple[int, ...] = tuple(sorted(int(s) for s in signal.valid_signals() if s not in NOT_FORWARDED))
+# Signals the manager may raise on itself by writing (see signalfd.py): held blocked and read
+# with their sender, instead of being handled blind.
+SELF_RAISED = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
 # With no process running, these end the manager (exit 0); the others are dropped.
 TERMINATING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
 ALL_SIGNALS = frozenset(signal.valid_signals())
@@ -56,8 +59,11 @@ class StartupSignals:
         )
 
     def unblock(self) -> None:
-        """Deliver what is pending and whatever comes next (to the handlers installed by now)."""
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+        """Deliver what is pending and whatever comes next (to the handlers installed by now).
+
+        SELF_RAISED stay blocked: the signal forwarder reads them from a signalfd.
+        """
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask | SELF_RAISED)
 
 
 SignalCallback = Callable[[int, bool], None]
@@ -73,20 +79,46 @@ class SignalForwarder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: collections.deque[tuple[int, bool]] = collections.deque()
         self._callback: SignalCallback | None = None
+        self._signalfd = -1
 
     def install(self) -> None:
         """Take over every forwardable signal (call with signals blocked)."""
         for signum in FORWARDED:
-            signal.signal(signum, self._handle)
+            if signum not in SELF_RAISED:
+                signal.signal(signum, self._handle)
         # A SIGCHLD ignored by whoever started us would make the kernel reap our children
         # itself and lose their exit status.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     def attach(self, loop: asyncio.AbstractEventLoop, callback: SignalCallback) -> None:
         """From now on, report each signal to `callback` on `loop`, those seen before first."""
+        from espm.supervisor.signalfd import open_signalfd
+
         self._loop = loop
         self._callback = callback
+        self._signalfd = open_signalfd(SELF_RAISED)
+        loop.add_reader(self._signalfd, self._read_signalfd)
+        loop.call_soon(self._read_signalfd)
         loop.call_soon(self._drain)
+
+    def detach(self) -> None:
+        """Stop reading the signalfd (before the loop closes)."""
+        if self._loop is not None and self._signalfd >= 0:
+            self._loop.remove_reader(self._signalfd)
+            os.close(self._signalfd)
+            self._signalfd = -1
+        self._loop = None
+
+    def _read_signalfd(self) -> None:
+        from espm.supervisor.signalfd import read_signals
+
+        me = os.getpid()
+        for signum, sender in read_signals(self._signalfd):
+            if sender == me:
+                # Raised by our own write to a closed socket or pipe: the EPIPE is handled
+                # where it happened, and Elasticsearch has nothing to do with it.
+                continue
+            self._handle(signum, None)
 
     def drain(self, callback: SignalCallback) -> None:
         """Report the signals seen so far, before there is a loop."""
