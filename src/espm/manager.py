@@ -155,7 +155,7 @@ class Manager:
         if self.config.keystore.enabled:
             from espm.keystore.updater import KeystoreUpdater
 
-            self.updater = KeystoreUpdater(self.config.keystore, self.reaper)
+            self.updater = KeystoreUpdater(self.config.keystore, self.reaper, self.startup)
             build = asyncio.ensure_future(self.updater.initial_build())
             await asyncio.wait([build, self._exit], return_when=asyncio.FIRST_COMPLETED)
             if self._exit.done():

@@ -1,0 +1,82 @@
+"""inotify(7) through ctypes: a non-blocking fd that becomes readable when a folder changes."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+# What a Secret update does to the folder: Kubernetes renames `..data_tmp` over `..data`
+# (IN_MOVED_TO); a hand-edited folder shows creates, writes and deletes.
+FOLDER_EVENTS = (
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+)
+_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+class FolderWatch:
+    """Watches one folder; `read()` drains the events and says whether the folder went away."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+        self._wd = -1
+        self.rewatch()
+
+    def rewatch(self) -> bool:
+        """(Re)start watching the folder; False when it does not exist (yet)."""
+        self._wd = _libc.inotify_add_watch(self.fd, os.fsencode(self.folder), FOLDER_EVENTS)
+        return self._wd >= 0
+
+    @property
+    def watching(self) -> bool:
+        return self._wd >= 0
+
+    def read(self) -> None:
+        """Drain pending events; mark the watch gone when the folder was removed or moved."""
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            offset = 0
+            while offset + 16 <= len(data):
+                wd = int.from_bytes(data[offset : offset + 4], "little", signed=True)
+                mask = int.from_bytes(data[offset + 4 : offset + 8], "little")
+                length = int.from_bytes(data[offset + 12 : offset + 16], "little")
+                if wd == self._wd and mask & _GONE:
+                    self._wd = -1
+                offset += 16 + length
+
+    def close(self) -> None:
+        os.close(self.fd)
