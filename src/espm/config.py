@@ -259,7 +259,10 @@ def _readable_file(src: _Source, name: str) -> Path:
 
 def parse_command(value: str) -> tuple[str, ...]:
     """Split a command line with shell quoting rules, never through a shell."""
-    words = shlex.split(value)
+    try:
+        words = shlex.split(value)
+    except ValueError as err:
+        raise Invalid(str(err)) from None
     if not words:
         raise Invalid("the command is empty")
     return tuple(words)

@@ -75,8 +75,10 @@ TRANSITIONS: dict[ProcessState, dict[Event, ProcessState]] = {
         E.KILL_ERROR: S.KILL_FAILED,
         E.EXITED: S.STOPPED,
     },
-    # The signal could not be sent, so the process still runs: the operator may try again.
+    # The signal could not be sent, so the process still runs: the operator may try again,
+    # or start it, which only acknowledges that it runs.
     S.STOP_FAILED: {
+        E.START_OK: S.STARTED,
         E.STOP_SENT: S.STOPPING,
         E.STOP_ERROR: S.STOP_FAILED,
         E.KILL_SENT: S.KILLING,
@@ -85,6 +87,7 @@ TRANSITIONS: dict[ProcessState, dict[Event, ProcessState]] = {
     },
     S.KILLING: {E.EXITED: S.KILLED},
     S.KILL_FAILED: {
+        E.START_OK: S.STARTED,
         E.STOP_SENT: S.STOPPING,
         E.STOP_ERROR: S.STOP_FAILED,
         E.KILL_SENT: S.KILLING,
