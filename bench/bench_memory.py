@@ -3,7 +3,9 @@
 Each manager runs `sleep 600`; once its child runs and its HTTP server listens (espm's API,
 supervisord's XML-RPC inet_http_server), it is left idle for IDLE seconds and then
 /proc/<manager>/status is read. No request is sent: the figure is the idle footprint.
-tini and dumb-init have no API; they are the floor.
+tini and dumb-init have no API; they are the floor of a manager in C. "python" is the floor of
+one in Python: the same interpreter (same site-packages and .pth files) that only forks the child
+and waits for it.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def run(ctx: Context) -> Result:
     plain = espm_env()
     figures["tini"] = _measure(manager_argv("tini", CHILD, False), plain, None)
     figures["dumb-init"] = _measure(manager_argv("dumb-init", CHILD, False), plain, None)
+    figures["python"] = _measure(manager_argv("python", CHILD, False), plain, None)
     with tempfile.TemporaryDirectory(prefix="espm-bench-supervisord-") as tmp:
         port = free_port()
         conf = os.path.join(tmp, "supervisord.conf")

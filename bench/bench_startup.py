@@ -3,7 +3,9 @@
 t0 is CLOCK_MONOTONIC taken just before posix_spawn(2) of the manager; the child
 (`helper stamp`) writes its CLOCK_MONOTONIC first thing in main(). The managers run as ordinary
 processes (not PID 1: a pid namespace would only add unshare's own cost, the same to all),
-tini with -s to reap as a subreaper. Runs alternate between the managers.
+tini with -s to reap as a subreaper. Runs alternate between the managers. "python" is the floor of
+any Python manager: the same interpreter (same site-packages and .pth files) that only forks and
+execs the child.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from harness import BenchError, Context, Lines, Result, Row, descendants, espm_e
 
 NAME = "startup"
 RUNS = 20
-MANAGERS = ("espm", "tini", "dumb-init")
+MANAGERS = ("espm", "tini", "dumb-init", "python")
 LIMIT_MS = 80.0
 
 
@@ -41,7 +43,9 @@ def _one(name: str, helper: str, env: dict[str, str]) -> float:
         t1 = Lines(read_end).stamp(30)
         return (t1 - t0) / 1e6
     finally:
-        # SIGTERM is forwarded; the child dies of it and the manager follows.
+        # SIGTERM is forwarded; the child dies of it and the manager follows. (The python
+        # floor dies of it alone: its child is killed below.)
+        below = descendants(pid)
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
@@ -51,10 +55,13 @@ def _one(name: str, helper: str, env: dict[str, str]) -> float:
                 break
             time.sleep(0.002)
         else:
-            for p in reversed([pid, *descendants(pid)]):
-                with contextlib.suppress(OSError):
-                    os.kill(p, signal.SIGKILL)
+            below = [*descendants(pid), *below]
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+        for p in below:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
         os.close(read_end)
 
 

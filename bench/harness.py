@@ -31,6 +31,9 @@ SUPERVISORD = shutil.which("supervisord") or "/usr/bin/supervisord"
 UNSHARE_PID1 = ["unshare", "--pid", "--fork", "--mount-proc"]
 
 MANAGERS = ("espm", "tini", "dumb-init")
+# The floor of any Python manager: the same interpreter, with the same site-packages, that only
+# forks the child, execs it and waits for it.
+PYTHON_FLOOR = "import os, sys\npid = os.fork()\nif pid == 0: os.execvp(sys.argv[1], sys.argv[1:])\nos.waitpid(pid, 0)"
 
 
 # -- the C helper ---------------------------------------------------------------------------
@@ -85,6 +88,8 @@ def manager_argv(name: str, child: Sequence[str], pid1: bool) -> list[str]:
         argv = [TINI, "--", *child] if pid1 else [TINI, "-s", "--", *child]
     elif name == "dumb-init":
         argv = [DUMB_INIT, *child]
+    elif name == "python":
+        argv = [PYTHON, "-c", PYTHON_FLOOR, *child]
     else:
         raise ValueError(name)
     return [*UNSHARE_PID1, *argv] if pid1 else argv

@@ -31,7 +31,7 @@ from harness import Context, Helper, Result  # noqa: E402
 
 BENCHMARKS = {m.NAME: m for m in (bench_signal, bench_orphans, bench_startup, bench_memory)}
 NEEDS_ROOT = {"signal", "orphans"}  # PID 1 in a new pid namespace
-COLUMNS = ("espm", "tini", "dumb-init", "supervisord")
+COLUMNS = ("espm", "tini", "dumb-init", "supervisord", "python")
 
 
 def _fmt(value: float | None) -> str:
