@@ -63,8 +63,12 @@ startsecs=0
 
 def _measure(argv: list[str], env: dict[str, str], port: int | None) -> dict[str, int]:
     proc = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         wait_for(lambda: proc.poll() is not None or children(proc.pid), 15, f"the child of {argv[0]}")
@@ -74,8 +78,11 @@ def _measure(argv: list[str], env: dict[str, str], port: int | None) -> dict[str
             raise BenchError(f"{argv[0]} exited with {proc.returncode}")
         time.sleep(IDLE)
         status = proc_status(proc.pid)
-        return {"VmRSS": kib(status["VmRSS"]), "VmHWM": kib(status["VmHWM"]),
-                "threads": int(status["Threads"])}
+        return {
+            "VmRSS": kib(status["VmRSS"]),
+            "VmHWM": kib(status["VmHWM"]),
+            "threads": int(status["Threads"]),
+        }
     finally:
         for pid in reversed([proc.pid, *descendants(proc.pid)]):
             with contextlib.suppress(OSError):
@@ -87,8 +94,7 @@ def run(ctx: Context) -> Result:
     result = Result(NAME)
     figures: dict[str, dict[str, int]] = {}
     port = free_port()
-    figures["espm"] = _measure(manager_argv("espm", CHILD, False),
-                               espm_env(PM_HTTP_PORT=str(port)), port)
+    figures["espm"] = _measure(manager_argv("espm", CHILD, False), espm_env(PM_HTTP_PORT=str(port)), port)
     plain = espm_env()
     figures["tini"] = _measure(manager_argv("tini", CHILD, False), plain, None)
     figures["dumb-init"] = _measure(manager_argv("dumb-init", CHILD, False), plain, None)
@@ -102,9 +108,19 @@ def run(ctx: Context) -> Result:
     mib = {m: {k: v / 1024 for k, v in f.items() if k.startswith("Vm")} for m, f in figures.items()}
     result.details = {"idle_seconds": IDLE, "kib": figures}
     result.rows = [
-        Row("VmRSS idle", "MiB", {m: v["VmRSS"] for m, v in mib.items()},
-            f"espm <= {LIMIT_MIB:g} MiB", mib["espm"]["VmRSS"] <= LIMIT_MIB),
-        Row("VmHWM", "MiB", {m: v["VmHWM"] for m, v in mib.items()},
-            f"espm <= {LIMIT_MIB:g} MiB", mib["espm"]["VmHWM"] <= LIMIT_MIB),
+        Row(
+            "VmRSS idle",
+            "MiB",
+            {m: v["VmRSS"] for m, v in mib.items()},
+            f"espm <= {LIMIT_MIB:g} MiB",
+            mib["espm"]["VmRSS"] <= LIMIT_MIB,
+        ),
+        Row(
+            "VmHWM",
+            "MiB",
+            {m: v["VmHWM"] for m, v in mib.items()},
+            f"espm <= {LIMIT_MIB:g} MiB",
+            mib["espm"]["VmHWM"] <= LIMIT_MIB,
+        ),
     ]
     return result

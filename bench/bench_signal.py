@@ -53,9 +53,7 @@ def run(ctx: Context) -> Result:
             r = Running(name, [helper, "sig"], pid1=True, env=env)
             started.append(r)
         for r in started:
-            line = r.lines.readline(15)
-            if line != "ready":
-                raise BenchError(f"{r.name}: expected 'ready', got {line!r}\n{r.stderr()}")
+            r.ready(15)
             _ = r.manager
         rng = random.Random(1)
         for r in started:
@@ -103,7 +101,7 @@ def run(ctx: Context) -> Result:
         Row("max latency", "us", {m: stats[m]["max"] for m in MANAGERS}),
     ]
     if any(lost.values()):
-        result.rows.append(Row("signals lost", "", {m: float(lost[m]) for m in MANAGERS}, "0", lost["espm"] == 0))
+        result.rows.append(Row("signals lost", "", {m: lost[m] for m in MANAGERS}, "0", lost["espm"] == 0))
     if exit_codes.get("espm") != 130:
         result.notes.append(f"espm exited with {exit_codes.get('espm')} after SIGINT (expected 130)")
     return result

@@ -33,7 +33,9 @@ UNSHARE_PID1 = ["unshare", "--pid", "--fork", "--mount-proc"]
 MANAGERS = ("espm", "tini", "dumb-init")
 # The floor of any Python manager: the same interpreter, with the same site-packages, that only
 # forks the child, execs it and waits for it.
-PYTHON_FLOOR = "import os, sys\npid = os.fork()\nif pid == 0: os.execvp(sys.argv[1], sys.argv[1:])\nos.waitpid(pid, 0)"
+PYTHON_FLOOR = (
+    "import os, sys\npid = os.fork()\nif pid == 0: os.execvp(sys.argv[1], sys.argv[1:])\nos.waitpid(pid, 0)"
+)
 
 
 # -- the C helper ---------------------------------------------------------------------------
@@ -217,7 +219,7 @@ class Running:
         self.name = name
         self.pid1 = pid1
         self.argv = manager_argv(name, child, pid1)
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in kill())
         self.proc = subprocess.Popen(
             self.argv,
             env=env,
@@ -245,6 +247,15 @@ class Running:
         """The managed child's host pid (the manager's first child)."""
         kids = wait_for(lambda: children(self.manager), 10, f"the child of {self.name}")
         return int(kids[0])
+
+    def ready(self, timeout: float) -> None:
+        """Wait for the child's "ready" line; on failure, say what the manager printed."""
+        try:
+            line = self.lines.readline(timeout)
+        except BenchError as err:
+            raise BenchError(f"{self.name}: {err}\n{self.stderr()}") from None
+        if line != "ready":
+            raise BenchError(f"{self.name}: expected 'ready', got {line!r}\n{self.stderr()}")
 
     def stderr(self) -> str:
         self._stderr.seek(0)
@@ -323,7 +334,7 @@ class Row:
 
     metric: str
     unit: str
-    values: dict[str, float | None]
+    values: dict[str, float | int | None]
     target: str = ""
     passed: bool | None = None  # None: no target on this row
 

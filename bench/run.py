@@ -23,20 +23,22 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_memory  # noqa: E402
-import bench_orphans  # noqa: E402
-import bench_signal  # noqa: E402
-import bench_startup  # noqa: E402
-from harness import Context, Helper, Result  # noqa: E402
+import bench_memory
+import bench_orphans
+import bench_signal
+import bench_startup
+from harness import Context, Helper, Result
 
 BENCHMARKS = {m.NAME: m for m in (bench_signal, bench_orphans, bench_startup, bench_memory)}
 NEEDS_ROOT = {"signal", "orphans"}  # PID 1 in a new pid namespace
 COLUMNS = ("espm", "tini", "dumb-init", "supervisord", "python")
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | int | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, int):
+        return str(value)
     if abs(value) >= 100:
         return f"{value:.0f}"
     if abs(value) >= 10:
@@ -59,7 +61,10 @@ def table(results: list[Result]) -> str:
     numeric = set(range(2, 2 + len(COLUMNS)))
 
     def line(cells: list[str]) -> str:
-        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
         return "  ".join(cells).rstrip()
 
     out = [line(head), line(["-" * w for w in widths])]
@@ -78,10 +83,16 @@ def _runs(specs: list[str]) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmarks of espm against tini, dumb-init and supervisord.")
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    parser = argparse.ArgumentParser(
+        description="Benchmarks of espm against tini, dumb-init and supervisord."
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)"
+    )
     parser.add_argument("--json", metavar="FILE", help="save the figures and details as JSON")
-    parser.add_argument("--runs", action="append", default=[], metavar="NAME=N", help="override a benchmark's run count")
+    parser.add_argument(
+        "--runs", action="append", default=[], metavar="NAME=N", help="override a benchmark's run count"
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
@@ -116,14 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     print("== summary")
     print(table(results))
     missed = [r.name for r in results if not r.passed]
-    print(f"\n{len(results) - len(missed)}/{len(results)} benchmarks met their targets; "
-          f"total {total:.1f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"\n{len(results) - len(missed)}/{len(results)} benchmarks met their targets; "
+        f"total {total:.1f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
 
     if args.json:
         doc = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": {"machine": platform.machine(), "kernel": platform.release(), "cpus": os.cpu_count(),
-                     "python": platform.python_version(), "loadavg": os.getloadavg()},
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "host": {
+                "machine": platform.machine(),
+                "kernel": platform.release(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "loadavg": os.getloadavg(),
+            },
             "seconds": total,
             "results": [
                 {

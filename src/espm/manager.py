@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("espm.manager")
 
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE
+
 
 class Manager:
     """Everything one run of espm holds: the process, the reaper, the API, the updater."""
@@ -218,6 +220,11 @@ def run(
             return manager.early_exit
     import asyncio  # only now: the child is already running
 
-    code = asyncio.run(manager.main(started))
+    try:
+        code = asyncio.run(manager.main(started))
+    except Exception:
+        # A bug of ours: say so, and exit like a crashed program rather than hang the pod.
+        log.exception("internal error: exiting")
+        code = EXIT_INTERNAL_ERROR
     sys.stderr.flush()
     return code

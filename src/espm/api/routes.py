@@ -41,6 +41,7 @@ class Response:
     status: int
     body: bytes
     headers: list[Header] = field(default_factory=list)
+    content_type: str = "application/json"
 
     @classmethod
     def json(cls, status: int, doc: Any, headers: list[Header] | None = None) -> Response:

@@ -175,7 +175,12 @@ class Connection(asyncio.Protocol):
 
     def _respond(self, response: Response) -> None:
         h = self.h11
-        headers = [_JSON, (b"content-length", str(len(response.body)).encode())]
+        content_type = (
+            _JSON
+            if response.content_type == "application/json"
+            else (b"content-type", response.content_type.encode())
+        )
+        headers = [content_type, (b"content-length", str(len(response.body)).encode())]
         headers += response.headers
         if self.server.closing:
             headers.append(_CLOSE)

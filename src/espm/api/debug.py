@@ -1,0 +1,220 @@
+"""/debug/vars, /debug/pprof/ and /metrics: loaded only when one of them is turned on."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from espm.api.routes import Request, Response
+
+if TYPE_CHECKING:
+    from espm.manager import Manager
+
+MAX_PROFILE_SECONDS = 60
+TEXT = "text/plain; charset=utf-8"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _proc_status() -> dict[str, int]:
+    """VmRSS and VmHWM of the manager, in bytes."""
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return found
+
+
+def _cmdline() -> list[str]:
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except OSError:
+        return list(sys.argv)
+
+
+class DebugEndpoints:
+    """The handlers of the optional endpoints, reading the manager's counters."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.started = time.time()
+        self._profiling = False
+        if manager.config.http.profiler:
+            import tracemalloc
+
+            # Allocations are only seen from the moment tracing starts: start it with the API.
+            tracemalloc.start(10)
+
+    # -- counters ---------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        m = self.manager
+        updater = m.updater
+        api = m.api
+        return {
+            "signals_forwarded": m.forwarder.forwarded,
+            "zombies_reaped": m.reaper.orphans_reaped,
+            "http_requests": api.requests if api else 0,
+            "http_connections_refused": api.refused if api else 0,
+            "http_timeouts": api.timeouts if api else 0,
+            "keystore_updates": updater.updates if updater else 0,
+            "keystore_update_failures": updater.update_failures if updater else 0,
+            "keystore_reloads": updater.reloads if updater else 0,
+            "keystore_tool_runs": updater.tool.runs if updater else 0,
+            "process_starts": m.process.starts,
+        }
+
+    def vars(self, request: Request) -> Response:
+        memory = _proc_status()
+        doc: dict[str, Any] = {
+            "cmdline": _cmdline(),
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "memory": {"rss_bytes": memory.get("VmRSS"), "peak_rss_bytes": memory.get("VmHWM")},
+            "gc": {
+                "counts": list(gc.get_count()),
+                "collections": [s["collections"] for s in gc.get_stats()],
+            },
+            "process": self.manager.process.status(),
+            "counters": self.counters(),
+        }
+        if self.manager.updater is not None:
+            doc["keystore"] = self.manager.updater.status()
+        return Response.json(200, doc)
+
+    def metrics(self, request: Request) -> Response:
+        m = self.manager
+        name = m.config.process.name
+        lines: list[str] = []
+
+        def metric(metric_name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+            lines.append(f"# HELP {metric_name} {help_text}")
+            lines.append(f"# TYPE {metric_name} {kind}")
+            for labels, value in samples:
+                lines.append(f"{metric_name}{labels} {value:g}")
+
+        from espm.supervisor.state import ProcessState
+
+        metric(
+            "espm_process_state",
+            "gauge",
+            "1 for the managed process's current state.",
+            [
+                (f'{{name="{name}",state="{s.value}"}}', 1.0 if m.process.state is s else 0.0)
+                for s in ProcessState
+            ],
+        )
+        metric(
+            "espm_process_up",
+            "gauge",
+            "1 while the managed process runs.",
+            [(f'{{name="{name}"}}', 1.0 if m.process.running else 0.0)],
+        )
+        counters = self.counters()
+        for key, help_text in (
+            ("process_starts", "Times the managed process was started."),
+            ("signals_forwarded", "Signals forwarded to the process group."),
+            ("zombies_reaped", "Orphaned processes reaped."),
+            ("http_requests", "HTTP requests served."),
+            ("keystore_updates", "Keystore updates done."),
+            ("keystore_update_failures", "Keystore updates that failed."),
+            ("keystore_reloads", "Successful reloads of secure settings."),
+        ):
+            metric(f"espm_{key}_total", "counter", help_text, [("", float(counters[key]))])
+        memory = _proc_status()
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the manager.",
+            [("", float(memory.get("VmRSS", 0)))],
+        )
+        metric(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the manager (Unix time).",
+            [("", self.started)],
+        )
+        return Response(200, ("\n".join(lines) + "\n").encode(), content_type=PROMETHEUS)
+
+    # -- pprof ------------------------------------------------------------------------------
+
+    def pprof(self, request: Request) -> Response | Any:
+        what = request.path.removeprefix("/debug/pprof").strip("/")
+        if what == "":
+            return Response.json(
+                200,
+                {
+                    "profiles": {
+                        "profile": "CPU profile of the manager over ?seconds=N (default 10, max 60), as text",
+                        "heap": "top allocation sites since the API started (tracemalloc)",
+                        "tasks": "stacks of every asyncio task and thread",
+                    },
+                },
+            )
+        if what == "heap":
+            return self._heap()
+        if what == "tasks":
+            return self._tasks()
+        if what == "profile":
+            return self._profile(request)
+        return Response.error(404, f"no such profile: {what}")
+
+    def _heap(self) -> Response:
+        import tracemalloc
+
+        snapshot = tracemalloc.take_snapshot()
+        stats = snapshot.statistics("lineno")[:30]
+        current, peak = tracemalloc.get_traced_memory()
+        out = io.StringIO()
+        out.write(f"traced: {current} bytes now, {peak} bytes at peak\n")
+        for stat in stats:
+            out.write(f"{stat.size:>10} B {stat.count:>7} blocks  {stat.traceback.format()[-1].strip()}\n")
+        return Response(200, out.getvalue().encode(), content_type=TEXT)
+
+    def _tasks(self) -> Response:
+        out = io.StringIO()
+        for task in asyncio.all_tasks():
+            out.write(f"task {task.get_name()} {task.get_coro()!r}\n")
+            for frame in task.get_stack():
+                out.write("".join(traceback.format_stack(frame, limit=1)))
+            out.write("\n")
+        for thread_id, frame in sys._current_frames().items():
+            out.write(f"thread {thread_id}\n{''.join(traceback.format_stack(frame))}\n")
+        return Response(200, out.getvalue().encode(), content_type=TEXT)
+
+    def _profile(self, request: Request) -> Response | Any:
+        try:
+            seconds = float(request.query.get("seconds", ["10"])[0])
+        except ValueError:
+            return Response.error(400, "seconds must be a number")
+        if not 0 < seconds <= MAX_PROFILE_SECONDS:
+            return Response.error(400, f"seconds must be above 0 and at most {MAX_PROFILE_SECONDS}")
+        if self._profiling:
+            return Response.error(409, "a profile is already being taken")
+        return self._take_profile(seconds)
+
+    async def _take_profile(self, seconds: float) -> Response:
+        import cProfile
+        import pstats
+
+        self._profiling = True
+        profiler = cProfile.Profile()
+        try:
+            # Everything the loop runs meanwhile (one thread) is what gets profiled.
+            profiler.enable()
+            await asyncio.sleep(seconds)
+        finally:
+            profiler.disable()
+            self._profiling = False
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+        return Response(200, out.getvalue().encode(), content_type=TEXT)

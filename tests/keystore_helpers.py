@@ -1,0 +1,403 @@
+"""Shared pieces for the keystore updater's end-to-end tests.
+
+- `SecretDir`: a folder laid out as Kubernetes mounts a Secret (timestamped folder, `..data`
+  symlink, visible names linked through `..data`) and updated the way the kubelet does it.
+- `KeystoreSetup`: the source folder, the config folder holding the keystore, the wrapper script
+  standing in for `elasticsearch-keystore` (it sources `tool.env` when that file exists, so a test
+  can switch failures on and off while the manager runs), and its invocation log.
+- A CA and a server certificate for the stand-in Elasticsearch, and a launcher for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from espm.standins.keystore_tool import parse_keystore
+from tests.conftest import PYTHON, base_env, free_port
+
+ES_USER = "elastic"
+ES_PASSWORD = "pw-Zq8xK3vLq9-es"  # distinctive, so a leak is easy to find
+KEYSTORE = "elasticsearch.keystore"
+WORK_PREFIX = ".espm-keystore-"
+
+
+# --- the Secret folder ----------------------------------------------------------------------
+
+
+class SecretDir:
+    """A Secret volume as the kubelet's AtomicWriter writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self._serial = 0
+
+    def _data_target(self) -> str | None:
+        try:
+            return os.readlink(self.path / "..data")
+        except FileNotFoundError:
+            return None
+
+    def visible(self) -> set[str]:
+        return {name for name in os.listdir(self.path) if not name.startswith(".")}
+
+    def write(self, values: Mapping[str, bytes | str]) -> None:
+        """Replace the whole content: new timestamped folder, `..data` swapped by a rename."""
+        self._serial += 1
+        now = dt.datetime.now(dt.UTC)
+        stamp = f"..{now:%Y_%m_%d_%H_%M_%S}.{self._serial:09d}"
+        folder = self.path / stamp
+        folder.mkdir()
+        for name, value in values.items():
+            data = value.encode() if isinstance(value, str) else value
+            (folder / name).write_bytes(data)
+        old = self._data_target()
+        tmp_link = self.path / "..data_tmp"
+        tmp_link.symlink_to(stamp)
+        os.rename(tmp_link, self.path / "..data")
+        for name in values:
+            link = self.path / name
+            if not link.is_symlink():
+                link.symlink_to(f"..data/{name}")
+        for name in self.visible() - set(values):
+            (self.path / name).unlink()
+        if old is not None:
+            shutil.rmtree(self.path / old)
+
+    def touch(self) -> None:
+        """Touch every visible name and its target: events, but no change of content."""
+        for name in self.visible():
+            os.utime(self.path / name)
+            os.utime(self.path / name, follow_symlinks=False)
+
+
+# --- the keystore tool and its folders ---------------------------------------------------------
+
+
+@dataclass
+class KeystoreSetup:
+    root: Path
+    secrets: SecretDir = field(init=False)
+    conf: Path = field(init=False)
+    binary: Path = field(init=False)
+    log: Path = field(init=False)
+    tool_env: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.secrets = SecretDir(self.root / "secrets")
+        self.conf = self.root / "config"
+        self.conf.mkdir()
+        (self.root / "bin").mkdir()
+        self.binary = self.root / "bin" / "elasticsearch-keystore"
+        self.log = self.root / "tool.log"
+        self.tool_env = self.root / "tool.env"
+        self.binary.write_text(
+            "#!/bin/sh\n"
+            f'if [ -f "{self.tool_env}" ]; then . "{self.tool_env}"; fi\n'
+            f'exec "{PYTHON}" -m espm.standins.keystore_tool "$@"\n'
+        )
+        self.binary.chmod(0o755)
+
+    @property
+    def keystore(self) -> Path:
+        return self.conf / KEYSTORE
+
+    @property
+    def managed(self) -> Path:
+        return self.conf / (KEYSTORE + ".managed")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The manager's environment: updater on, everything in tmp_path."""
+        return base_env(
+            PM_KEYSTORE_UPDATER="true",
+            KEYSTORE_SOURCE_DIR=str(self.secrets.path),
+            KEYSTORE_BINARY=str(self.binary),
+            KEYSTORE_PATH=str(self.keystore),
+            STANDIN_KEYSTORE_LOG=str(self.log),
+            **extra,
+        )
+
+    def set_tool_env(self, text: str | None) -> None:
+        """Shell lines the wrapper sources before each run (None: none)."""
+        if text is None:
+            self.tool_env.unlink(missing_ok=True)
+        else:
+            self.tool_env.write_text(text + "\n")
+
+    def tool(self, *args: str, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[bytes]:
+        """Run the tool by hand against the real keystore (to prepare foreign entries)."""
+        full = {k: v for k, v in os.environ.items() if not k.startswith("STANDIN_")}
+        full.update(ES_PATH_CONF=str(self.conf), **env)
+        return subprocess.run(
+            [str(self.binary), *args], input=stdin, env=full, capture_output=True, timeout=20, check=True
+        )
+
+    def prepare_foreign_keystore(self) -> bytes:
+        """A keystore made by the tool: keystore.seed and bootstrap.password, as ES images have."""
+        self.tool("create")
+        self.tool("add", "-x", "bootstrap.password", stdin=b"bootstrap-pw\n")
+        return self.keystore.read_bytes()
+
+    def settings(self) -> dict[str, bytes]:
+        return parse_keystore(self.keystore.read_bytes())
+
+    def runs(self) -> list[list[str]]:
+        """argv of every tool run the manager made, in order."""
+        try:
+            text = self.log.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line)["argv"] for line in text.splitlines() if line.strip()]
+
+    def work_folders(self) -> list[str]:
+        return sorted(p.name for p in self.conf.iterdir() if p.name.startswith(WORK_PREFIX))
+
+
+def pairs_of(argv: list[str]) -> list[str]:
+    """Setting names of an `add-file -f NAME PATH...` run."""
+    assert argv[:2] == ["add-file", "-f"], argv
+    rest = argv[2:]
+    assert len(rest) % 2 == 0, argv
+    return rest[0::2]
+
+
+def status(manager: Any) -> dict[str, Any]:
+    code, doc, _ = manager.request("GET", "/keystore/status")
+    assert code == 200, (code, doc)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def wait_status(manager: Any, predicate: Any, timeout: float = 10) -> dict[str, Any]:
+    """Poll GET /keystore/status until `predicate(status)` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = status(manager)
+        if predicate(doc):
+            return doc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"keystore status never matched within {timeout}s; last: {doc}")
+        time.sleep(0.02)
+
+
+def wait_state(manager: Any, state: str, reason: str | None = None, timeout: float = 10) -> dict[str, Any]:
+    return wait_status(
+        manager,
+        lambda s: s["state"] == state and (reason is None or s["reason"].startswith(reason)),
+        timeout,
+    )
+
+
+def wait_runs(ks: KeystoreSetup, count: int, timeout: float = 10) -> list[list[str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = ks.runs()
+        if len(runs) >= count:
+            return runs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} tool runs within {timeout}s; got {runs}")
+        time.sleep(0.01)
+
+
+# --- TLS and the stand-in Elasticsearch ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    ca_folder: Path
+    cert: Path
+    key: Path
+
+
+def make_pki(folder: Path) -> Pki:
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "espm test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    # Named for another host on purpose: the chain is checked, the host name is not.
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "es-node-0")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("es-node-0.example"), x509.IPAddress(ipaddress.ip_address("10.0.0.7"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    pki = Pki(folder / "ca.pem", folder / "cas", folder / "node.pem", folder / "node-key.pem")
+    pki.ca.write_bytes(ca_pem)
+    pki.ca_folder.mkdir()
+    (pki.ca_folder / "ca.crt").write_bytes(ca_pem)
+    (pki.ca_folder / "README").write_text("not a certificate\n")
+    pki.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pki.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return pki
+
+
+@dataclass
+class Es:
+    """A stand-in Elasticsearch (maybe not started yet) on a fixed port."""
+
+    folder: Path
+    port: int
+    args: list[str]
+    ca: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def mode(self, text: str) -> None:
+        tmp = self.folder / "mode.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.folder / "mode")
+
+    def start(self, wait: bool = True) -> Es:
+        port_file = self.folder / "port"
+        with (self.folder / "stderr").open("ab") as stderr:
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "espm.standins.elasticsearch", *self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        if wait:
+            deadline = time.monotonic() + 10
+            while not port_file.exists():
+                if self.process.poll() is not None:
+                    pytest.fail(f"stand-in ES exited: {(self.folder / 'stderr').read_text()}")
+                if time.monotonic() > deadline:
+                    pytest.fail("stand-in ES did not listen within 10 s")
+                time.sleep(0.01)
+        return self
+
+    def stats(self) -> dict[str, Any]:
+        import http.client
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.check_hostname = False
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=10)
+        try:
+            conn.request("GET", "/_standin/stats")
+            answer = conn.getresponse()
+            doc: dict[str, Any] = json.loads(answer.read())
+        finally:
+            conn.close()
+        return doc
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class EsLauncher:
+    """Makes stand-in Elasticsearch servers on free ports; `stop_all` ends them."""
+
+    def __init__(self, folder: Path, pki: Pki) -> None:
+        self.folder = folder
+        self.pki = pki
+        self.made: list[Es] = []
+
+    def __call__(self, *extra: str, keystore: Path, start: bool = True, version: str = "8.15.0") -> Es:
+        folder = self.folder / f"es{len(self.made)}"
+        folder.mkdir()
+        port = free_port()
+        args = [
+            "--port", str(port),
+            "--port-file", str(folder / "port"),
+            "--mode-file", str(folder / "mode"),
+            "--cert", str(self.pki.cert),
+            "--key", str(self.pki.key),
+            "--user", ES_USER,
+            "--password", ES_PASSWORD,
+            "--keystore", str(keystore),
+            "--version", version,
+            *extra,
+        ]  # fmt: skip
+        es = Es(folder, port, args, self.pki.ca)
+        self.made.append(es)
+        if start:
+            es.start()
+        return es
+
+    def stop_all(self) -> None:
+        for es in self.made:
+            es.stop()
+
+
+def reload_env(ks: KeystoreSetup, es: Es, pki: Pki, **extra: str) -> dict[str, str]:
+    env = {
+        "KEYSTORE_RELOAD_CREDENTIALS": "true",
+        "KEYSTORE_ES_ENDPOINT": es.endpoint,
+        "KEYSTORE_ES_USERNAME": ES_USER,
+        "KEYSTORE_ES_PASSWORD": ES_PASSWORD,
+        "KEYSTORE_ES_CA_CERTS_PATH": str(pki.ca),
+    }
+    env.update(extra)
+    return ks.env(**env)
+
+
+def b64(value: bytes) -> bytes:
+    return base64.b64encode(value)
+
+
+CHILD = ["sleep", "600"]
+# Prints the setting names of the keystore file (argv[1]) as the child starts, then waits.
+PRINT_NAMES = [
+    sys.executable,
+    "-c",
+    "import sys, time; from pathlib import Path;"
+    " from espm.standins.keystore_tool import read_keystore;"
+    " s = read_keystore(Path(sys.argv[1])) or {};"
+    " print(' '.join(f'{k}={v.hex()}' for k, v in sorted(s.items())), flush=True);"
+    " time.sleep(600)",
+]
