@@ -47,18 +47,21 @@ def _fmt(value: float | int | None) -> str:
 
 
 def table(results: list[Result]) -> str:
-    head = ["benchmark", "figure", *COLUMNS, "target", "result"]
+    # Only the columns that have a figure in one of these results.
+    columns = [c for c in COLUMNS if any(c in row.values for res in results for row in res.rows)]
+    columns = columns or ["espm"]
+    head = ["benchmark", "figure", *columns, "target", "result"]
     rows: list[list[str]] = []
     for res in results:
         if res.error is not None:
-            rows.append([res.name, "ERROR", *("-" for _ in COLUMNS), res.error.splitlines()[0][:40], "ERROR"])
+            rows.append([res.name, "ERROR", *("-" for _ in columns), res.error.splitlines()[0][:40], "ERROR"])
             continue
         for row in res.rows:
             figure = f"{row.metric} ({row.unit})" if row.unit else row.metric
             verdict = "" if row.passed is None else ("PASS" if row.passed else "MISS")
-            rows.append([res.name, figure, *(_fmt(row.values.get(c)) for c in COLUMNS), row.target, verdict])
+            rows.append([res.name, figure, *(_fmt(row.values.get(c)) for c in columns), row.target, verdict])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    numeric = set(range(2, 2 + len(COLUMNS)))
+    numeric = set(range(2, 2 + len(columns)))
 
     def line(cells: list[str]) -> str:
         cells = [

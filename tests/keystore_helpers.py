@@ -126,14 +126,14 @@ class KeystoreSetup:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The manager's environment: updater on, everything in tmp_path."""
-        return base_env(
-            PM_KEYSTORE_UPDATER="true",
-            KEYSTORE_SOURCE_DIR=str(self.secrets.path),
-            KEYSTORE_BINARY=str(self.binary),
-            KEYSTORE_PATH=str(self.keystore),
-            STANDIN_KEYSTORE_LOG=str(self.log),
-            **extra,
-        )
+        settings = {
+            "PM_KEYSTORE_UPDATER": "true",
+            "KEYSTORE_SOURCE_DIR": str(self.secrets.path),
+            "KEYSTORE_BINARY": str(self.binary),
+            "KEYSTORE_PATH": str(self.keystore),
+            "STANDIN_KEYSTORE_LOG": str(self.log),
+        }
+        return base_env(**{**settings, **extra})
 
     def set_tool_env(self, text: str | None) -> None:
         """Shell lines the wrapper sources before each run (None: none)."""

@@ -147,28 +147,19 @@ class DebugEndpoints:
 
     # -- pprof ------------------------------------------------------------------------------
 
-    def pprof(self, request: Request) -> Response | Any:
-        what = request.path.removeprefix("/debug/pprof").strip("/")
-        if what == "":
-            return Response.json(
-                200,
-                {
-                    "profiles": {
-                        "profile": "CPU profile of the manager over ?seconds=N (default 10, max 60), as text",
-                        "heap": "top allocation sites since the API started (tracemalloc)",
-                        "tasks": "stacks of every asyncio task and thread",
-                    },
+    def pprof_index(self, request: Request) -> Response:
+        return Response.json(
+            200,
+            {
+                "profiles": {
+                    "profile": "CPU profile of the manager over ?seconds=N (default 10, max 60), as text",
+                    "heap": "top allocation sites since the API started (tracemalloc)",
+                    "tasks": "stacks of every asyncio task and thread",
                 },
-            )
-        if what == "heap":
-            return self._heap()
-        if what == "tasks":
-            return self._tasks()
-        if what == "profile":
-            return self._profile(request)
-        return Response.error(404, f"no such profile: {what}")
+            },
+        )
 
-    def _heap(self) -> Response:
+    def pprof_heap(self, request: Request) -> Response:
         import tracemalloc
 
         snapshot = tracemalloc.take_snapshot()
@@ -180,7 +171,7 @@ class DebugEndpoints:
             out.write(f"{stat.size:>10} B {stat.count:>7} blocks  {stat.traceback.format()[-1].strip()}\n")
         return Response(200, out.getvalue().encode(), content_type=TEXT)
 
-    def _tasks(self) -> Response:
+    def pprof_tasks(self, request: Request) -> Response:
         out = io.StringIO()
         for task in asyncio.all_tasks():
             out.write(f"task {task.get_name()} {task.get_coro()!r}\n")
@@ -191,7 +182,7 @@ class DebugEndpoints:
             out.write(f"thread {thread_id}\n{''.join(traceback.format_stack(frame))}\n")
         return Response(200, out.getvalue().encode(), content_type=TEXT)
 
-    def _profile(self, request: Request) -> Response | Any:
+    def pprof_profile(self, request: Request) -> Response | Any:
         try:
             seconds = float(request.query.get("seconds", ["10"])[0])
         except ValueError:

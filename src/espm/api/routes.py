@@ -58,6 +58,26 @@ Handler = Callable[[Request], Result]
 _OK_HEALTH = Response(200, b'{"status": "ok"}')
 
 
+# The API as data: (path, method, handler, the HttpConfig switch that turns it on). `{name}` is
+# PM_PROC_NAME. The OpenAPI document is checked against this table by the tests.
+ROUTES: tuple[tuple[str, str, str, str | None], ...] = (
+    ("/health", "GET", "health", None),
+    ("/{name}/start", "POST", "start", None),
+    ("/{name}/stop", "POST", "stop", None),
+    ("/{name}/kill", "POST", "kill", None),
+    ("/{name}/status", "GET", "status", None),
+    ("/{name}/ready", "GET", "ready", None),
+    ("/keystore/status", "GET", "keystore_status", None),
+    ("/openapi.json", "GET", "openapi", None),
+    ("/debug/vars", "GET", "vars", "exp_vars"),
+    ("/metrics", "GET", "metrics", "metrics"),
+    ("/debug/pprof/", "GET", "pprof_index", "profiler"),
+    ("/debug/pprof/profile", "GET", "pprof_profile", "profiler"),
+    ("/debug/pprof/heap", "GET", "pprof_heap", "profiler"),
+    ("/debug/pprof/tasks", "GET", "pprof_tasks", "profiler"),
+)
+
+
 class Router:
     """Maps (method, path) to a handler; 405 with Allow for a known path, 404 otherwise."""
 
@@ -66,42 +86,30 @@ class Router:
         self.process = manager.process
         name = manager.config.process.name
         http = manager.config.http
-        self._routes: dict[str, tuple[str, Handler]] = {
-            "/health": ("GET", self.health),
-            f"/{name}/start": ("POST", self.start),
-            f"/{name}/stop": ("POST", self.stop),
-            f"/{name}/kill": ("POST", self.kill),
-            f"/{name}/status": ("GET", self.status),
-            f"/{name}/ready": ("GET", self.ready),
-            "/keystore/status": ("GET", self.keystore_status),
-            "/openapi.json": ("GET", self.openapi),
-        }
-        self._prefixes: list[tuple[str, str, Handler]] = []
+        debug: object = None
         if http.exp_vars or http.profiler or http.metrics:
             from espm.api.debug import DebugEndpoints
 
             debug = DebugEndpoints(manager)
-            if http.exp_vars:
-                self._routes["/debug/vars"] = ("GET", debug.vars)
-            if http.metrics:
-                self._routes["/metrics"] = ("GET", debug.metrics)
-            if http.profiler:
-                self._prefixes.append(("/debug/pprof/", "GET", debug.pprof))
-        self._allow = {path: [(b"allow", method.encode())] for path, (method, _) in self._routes.items()}
+        self._routes: dict[str, tuple[str, Handler, list[Header]]] = {}
+        for template, method, handler, switch in ROUTES:
+            if switch is not None and not getattr(http, switch):
+                continue
+            owner = self if switch is None else debug
+            self._routes[template.replace("{name}", name)] = (
+                method,
+                getattr(owner, handler),
+                [(b"allow", method.encode())],
+            )
 
     def route(self, request: Request) -> Result:
         path = request.path
         entry = self._routes.get(path)
         if entry is None:
-            for prefix, method, handler in self._prefixes:
-                if path.startswith(prefix) or path == prefix.rstrip("/"):
-                    entry = (method, handler)
-                    break
-            else:
-                return Response.error(404, f"no such endpoint: {path}")
-        method, handler = entry
-        if request.method != method:
-            allow = self._allow.get(path, [(b"allow", method.encode())])
+            return Response.error(404, f"no such endpoint: {path}")
+        method, handler, allow = entry
+        # HEAD is a GET without the body (the server leaves the body out).
+        if request.method != method and not (request.method == "HEAD" and method == "GET"):
             return Response.error(405, f"{path} takes {method}", allow)
         return handler(request)
 

@@ -54,6 +54,7 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self.lingering = False
         self.request: h11.Request | None = None
+        self.head = False  # a HEAD request: the answer has headers only
         self.body = bytearray()
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -132,6 +133,7 @@ class Connection(asyncio.Protocol):
                 self._fail(413, f"request body larger than {MAX_BODY} bytes")
                 return False
         self.request = event
+        self.head = event.method == b"HEAD"
         self.body.clear()
         return True
 
@@ -190,8 +192,9 @@ class Connection(asyncio.Protocol):
                     status_code=response.status, headers=headers, reason=_REASONS.get(response.status, b"")
                 )
             )
-            out = (out or b"") + (h.send(h11.Data(data=response.body)) or b"")
-            out += h.send(h11.EndOfMessage()) or b""
+            if not self.head:
+                out = (out or b"") + (h.send(h11.Data(data=response.body)) or b"")
+            out = (out or b"") + (h.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:
             h.send_failed()
             self._close()
@@ -209,6 +212,7 @@ class Connection(asyncio.Protocol):
         self.idle = True
         self.deadline = self.server.now + IDLE_TIMEOUT
         self.request = None
+        self.head = False
 
     def _fail(self, status: int, reason: str) -> None:
         """Answer a bad request with a final error, then drain and close."""
@@ -226,7 +230,8 @@ class Connection(asyncio.Protocol):
                     )
                     or b""
                 )
-                out += h.send(h11.Data(data=body)) or b""
+                if not self.head:
+                    out += h.send(h11.Data(data=body)) or b""
                 out += h.send(h11.EndOfMessage()) or b""
                 self.transport.write(out)
             except h11.LocalProtocolError:
