@@ -586,3 +586,45 @@ def test_secret_values_never_appear_outside_the_keystore(
     assert settings["multi.line"] == values["multi.line"].encode()
     assert "bad name" not in settings
     assert not any(name.startswith(WORK_PREFIX) for name in os.listdir(ks.conf))
+
+
+# --- robustness ------------------------------------------------------------------------------
+
+
+def test_an_unexpected_error_fails_the_update_without_stopping_the_watch(
+    espm: Any, ks: KeystoreSetup
+) -> None:
+    ks.secrets.write({"a": "1"})
+    manager = start(espm, ks.env())
+    # The record of managed names cannot be written (as on a full or read-only disk).
+    blocker = ks.conf / ".elasticsearch.keystore.managed.tmp"
+    blocker.mkdir()
+    ks.secrets.write({"a": "1", "b": "2"})
+    doc = wait_state(manager, "failed", FAILED_UPDATE)
+    assert "managed" in doc["reason"]
+    blocker.rmdir()
+    ks.secrets.write({"a": "1", "b": "2", "c": "3"})
+    doc = wait_state(manager, "running", "Keystore updated", timeout=5)
+    assert doc["settings"] == ["a", "b", "c"]
+    assert json.loads(ks.managed.read_text()) == ["a", "b", "c"]
+    assert sorted(ks.settings()) == ["a", "b", "c", "keystore.seed"]
+
+
+def test_a_failing_update_is_not_hidden_by_the_reload_waiting_for_elasticsearch(
+    espm: Any, ks: KeystoreSetup, launch_es: EsLauncher, pki: Pki
+) -> None:
+    es = launch_es(keystore=ks.keystore, start=False)
+    ks.secrets.write({"a": "1"})
+    manager = start(espm, reload_env(ks, es, pki))
+    manager.wait_log("keystore updater waiting")
+    ks.set_tool_env("export STANDIN_KEYSTORE_FAIL=74")
+    ks.secrets.write({"a": "2"})
+    wait_state(manager, "failed", FAILED_UPDATE)
+    es.start()  # the first update's reload now goes through...
+    wait_status(manager, lambda s: s["reloads"] == 1)
+    doc = status(manager)  # ... but the keystore is still behind the Secret
+    assert doc["state"] == "failed" and doc["reason"].startswith(FAILED_UPDATE), doc
+    ks.set_tool_env(None)
+    ks.secrets.write({"a": "3"})
+    doc = wait_status(manager, lambda s: s["reloads"] == 2 and s["state"] == "running")
+    assert doc["reason"] == "Secure settings reloaded" and ks.settings()["a"] == b"3"

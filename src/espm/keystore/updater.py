@@ -354,14 +354,12 @@ class KeystoreUpdater:
             return
         while True:
             await self._reload_needed.wait()
-            # Updates that come while this reload waits or runs coalesce into the next one.
-            self._reload_needed.clear()
             try:
                 await self._reload()
                 self.reload_failures = 0
             except UpdateError as err:
                 self.reload_failures += 1
-                self._set("failed", f"Failed to reload secure settings: {err}")
+                self._set_reload_state("failed", f"Failed to reload secure settings: {err}")
                 self._reload_needed.set()
                 await asyncio.sleep(backoff(self.reload_failures))
 
@@ -382,12 +380,22 @@ class KeystoreUpdater:
             if answer is not None and answer.status not in (502, 503, 504):
                 raise UpdateError(f"GET / answered HTTP {answer.status}{_es_reason(answer.json())}")
             if self.state != "waiting":
-                self._set("waiting", WAITING)
+                self._set_reload_state("waiting", WAITING)
             await asyncio.sleep(ES_POLL)
+
+    def _set_reload_state(self, state: str, reason: str) -> None:
+        """The reload's news, unless an update is failing: that stays in the status until fixed
+        (a "reloaded" or "waiting" there would hide that the keystore is behind the Secret)."""
+        if not self.update_failures:
+            self._set(state, reason)
 
     async def _reload(self) -> None:
         assert self._client is not None
         await self._wait_for_elasticsearch()
+        # Only now: updates made while Elasticsearch was not answering are all in the file this
+        # reload reads, so they coalesce into it; one made from here on asks for another reload.
+        self._reload_needed.clear()
+        written = self._written_digest
         try:
             answer = await self._client.reload_secure_settings()
         except Unreachable as err:
@@ -415,15 +423,14 @@ class KeystoreUpdater:
                 reason = exc.get("reason") if isinstance(exc, dict) else exc
                 problems.append(f"node {label}: {reason}")
             digest = node.get("keystore_digest")
-            if digest is not None and self._written_digest and digest != self._written_digest:
+            if digest is not None and written and digest != written:
                 problems.append(
-                    f"node {label} loaded a keystore with digest {digest}, not the one written"
-                    f" ({self._written_digest})"
+                    f"node {label} loaded a keystore with digest {digest}, not the one written ({written})"
                 )
         if problems:
             raise UpdateError("; ".join(problems))
         self.reloads += 1
-        self._set("running", RELOADED)
+        self._set_reload_state("running", RELOADED)
 
 
 def _es_reason(doc: Any) -> str:
