@@ -133,12 +133,22 @@ class KeystoreUpdater:
     async def initial_build(self) -> None:
         """Bring the keystore in line once, before Elasticsearch starts (never raises)."""
         self._remove_stale_work_folders()
+        await self._try_update()
+        self._tasks.append(asyncio.ensure_future(self._reload_loop()))
+
+    async def _try_update(self) -> None:
+        """One update; a failure of any kind is a failed update (retried), never the end of the watch."""
         try:
             await self._update()
+            self.update_failures = 0
         except UpdateError as err:
             self.update_failures += 1
             self._set("failed", f"Failed to update keystore: {err}")
-        self._tasks.append(asyncio.ensure_future(self._reload_loop()))
+        except Exception as err:
+            # A bug or an unforeseen error: the message names the error, never a value.
+            log.error("keystore update failed unexpectedly", exc_info=True)
+            self.update_failures += 1
+            self._set("failed", f"Failed to update keystore: unexpected {type(err).__name__}")
 
     def start_watching(self) -> None:
         """Watch the directory (inotify) and keep the keystore in line from now on."""
@@ -177,12 +187,7 @@ class KeystoreUpdater:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
             await self._debounce()
-            try:
-                await self._update()
-                self.update_failures = 0
-            except UpdateError as err:
-                self.update_failures += 1
-                self._set("failed", f"Failed to update keystore: {err}")
+            await self._try_update()
 
     async def _debounce(self) -> None:
         """Let a burst of events settle: wait until DEBOUNCE passes quietly, MAX_DEBOUNCE at most."""
@@ -218,6 +223,9 @@ class KeystoreUpdater:
         to_remove = sorted(managed - set(snapshot.names))
         changed = bool(to_add or to_remove)
         if changed:
+            # Recorded before the keystore gets them: a crash after the rename must not leave a
+            # setting in the keystore that no record says is ours (it could never be removed).
+            self._write_managed(managed | set(snapshot.names))
             started = time.monotonic()
             await self._rebuild(snapshot, to_add, to_remove)
             log.info(
@@ -333,8 +341,13 @@ class KeystoreUpdater:
         if names == self._read_managed() and self.managed_path.exists():
             return
         tmp = self.managed_path.with_name(f".{self.managed_path.name}.tmp")
-        tmp.write_text(json.dumps(sorted(names)) + "\n")
-        os.replace(tmp, self.managed_path)
+        try:
+            tmp.write_text(json.dumps(sorted(names)) + "\n")
+            os.replace(tmp, self.managed_path)
+        except OSError as err:
+            raise UpdateError(
+                f"cannot record the managed setting names in {self.managed_path}: {err.strerror or err}"
+            ) from None
 
     def _remove_stale_work_folders(self) -> None:
         # A crash mid-update may have left one, with copies of secret values in it.
