@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from espm.config import Config
 from espm.supervisor.process import Ending, ManagedProcess
@@ -158,8 +158,9 @@ class Manager:
             from espm.keystore.updater import KeystoreUpdater
 
             self.updater = KeystoreUpdater(self.config.keystore, self.reaper, self.startup)
-            build = asyncio.ensure_future(self.updater.initial_build())
-            await asyncio.wait([build, self._exit], return_when=asyncio.FIRST_COMPLETED)
+            build: asyncio.Future[Any] = asyncio.ensure_future(self.updater.initial_build())
+            exiting: asyncio.Future[Any] = self._exit
+            await asyncio.wait([build, exiting], return_when=asyncio.FIRST_COMPLETED)
             if self._exit.done():
                 build.cancel()
                 return self._exit.result()

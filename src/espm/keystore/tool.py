@@ -97,6 +97,11 @@ class KeystoreTool:
             )
             # Registered before the loop gets a turn: the status cannot be reaped unseen.
             exited = self._reaper.wait(pid)
+        except BaseException:
+            # Not started (e.g. the binary went away): nobody will read these ends either.
+            os.close(out_r)
+            os.close(err_r)
+            raise
         finally:
             os.close(out_w)
             os.close(err_w)

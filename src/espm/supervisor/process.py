@@ -190,6 +190,7 @@ class ManagedProcess:
         if not self.running or self.state in (ProcessState.STOPPING, ProcessState.KILLING):
             return Outcome()
         pid = self.pid
+        assert pid is not None
         outcome = self._signal(signal.SIGTERM, Event.STOP_SENT, Event.STOP_ERROR)
         if outcome.error is None and self.config.stop_timeout is not None:
             import asyncio
