@@ -1,7 +1,7 @@
 """Run the espm benchmarks, each beside its anchors (tini, dumb-init, supervisord) in the same run.
 
     python bench/run.py                   # all of them
-    python bench/run.py signal memory     # a selection
+    python bench/run.py signal memory     # a selection (signal orphans startup memory http)
     python bench/run.py --json out.json   # also save the figures
     python bench/run.py --runs signal=50  # fewer runs (a quick look; the targets assume the defaults)
 
@@ -23,13 +23,14 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_http
 import bench_memory
 import bench_orphans
 import bench_signal
 import bench_startup
 from harness import Context, Helper, Result
 
-BENCHMARKS = {m.NAME: m for m in (bench_signal, bench_orphans, bench_startup, bench_memory)}
+BENCHMARKS = {m.NAME: m for m in (bench_signal, bench_orphans, bench_startup, bench_memory, bench_http)}
 NEEDS_ROOT = {"signal", "orphans"}  # PID 1 in a new pid namespace
 COLUMNS = ("espm", "tini", "dumb-init", "supervisord", "python")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -78,3 +79,49 @@ def test_sigkill_to_manager_kills_child(espm) -> None:
     while proc_state(child) not in (None, "Z") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc_state(child) in (None, "Z")
+
+
+def _wait_until_signals_blocked(pid: int, timeout: float = 10) -> bool:
+    """Spin until the manager has blocked SIGUSR1 and SIGTERM (the start-up window)."""
+    want = (1 << (signal.SIGUSR1 - 1)) | (1 << (signal.SIGTERM - 1))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("SigBlk:"):
+                        if int(line.split()[1], 16) & want == want:
+                            return True
+                        break
+        except OSError:
+            return False
+    return False
+
+
+def test_a_signal_during_start_up_is_not_lost(espm, tmp_path) -> None:
+    # SIGTERM while espm is still starting (its signals blocked, no process yet) waits for its
+    # handler, then ends the manager with 0 before anything is started. Had the window closed
+    # already, it would reach the child (143). Lost, espm would run on with `sleep`.
+    codes = []
+    for attempt in range(5):
+        marker = tmp_path / f"started{attempt}"
+        m = espm(["sh", "-c", f"touch {marker}; exec sleep 60"])
+        assert _wait_until_signals_blocked(m.proc.pid)
+        os.kill(m.proc.pid, signal.SIGTERM)
+        code = m.wait()
+        assert code in (0, 143)
+        if code == 0:
+            assert not marker.exists()
+            m.wait_log("SIGTERM with no process running: exiting")
+        codes.append(code)
+    assert 0 in codes  # the start-up window was hit at least once
+
+
+def test_a_default_fatal_signal_during_start_up_does_not_kill_espm(espm) -> None:
+    m = espm(["python3", fixture("sigrecorder.py")])
+    assert _wait_until_signals_blocked(m.proc.pid)
+    os.kill(m.proc.pid, signal.SIGUSR1)  # its default action would end espm
+    assert m.readline() == "child ready"
+    assert m.proc.poll() is None
+    m.read_logs(0.2)
+    assert any("SIGUSR1" in str(r.get("message")) for r in m.logs)

@@ -53,7 +53,7 @@ RELOADED = "Secure settings reloaded"
 
 def backoff(failures: int) -> float:
     """Capped exponential backoff with jitter: about 2 s, 4 s, 8 s ... 60 s."""
-    delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** max(0, failures - 1))
+    delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** max(0, failures - 1))
     return delay * random.uniform(0.8, 1.2)
 
 
@@ -219,6 +219,10 @@ class KeystoreUpdater:
         if fingerprint == self._fingerprint and not self.update_failures:
             return
         managed = self._read_managed()
+        if self._written_digest is None or self._current_digest() != self._written_digest:
+            # Not the file this updater wrote last (first run, or changed behind its back: a
+            # hand-made `create`, a restore): what it holds of ours is unknown, so add it all.
+            self._applied = {}
         to_add = [n for n in snapshot.names if self._applied.get(n) != snapshot.digest(n)]
         to_remove = sorted(managed - set(snapshot.names))
         changed = bool(to_add or to_remove)
@@ -267,9 +271,11 @@ class KeystoreUpdater:
                 pairs.append((name, str(file)))
             if pairs:
                 await self._add_files(pairs, work)
-            if to_remove:
+            if to_remove and target.is_file():
                 await self._remove(to_remove, work)
             if not target.is_file():
+                if old is None and not pairs:
+                    return  # no keystore, and nothing to put in one: nothing to remove either
                 raise UpdateError("the tool reported success but wrote no keystore")
             if old is not None:
                 os.chmod(target, old.st_mode & 0o7777)
@@ -320,6 +326,12 @@ class KeystoreUpdater:
         if not run.ok:
             raise UpdateError(run.describe())
         return run
+
+    def _current_digest(self) -> str | None:
+        try:
+            return sha256_file(self.path)
+        except OSError:
+            return None
 
     def _stat_current(self) -> os.stat_result | None:
         try:
