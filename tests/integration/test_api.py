@@ -209,6 +209,16 @@ def test_slow_client_is_dropped_after_10s_and_idle_keep_alive_is_closed(api) -> 
     assert api.request("GET", "/health")[0] == 200
 
 
+def test_idle_keep_alive_connection_is_closed_after_5s(api) -> None:
+    conn = socket.create_connection(("127.0.0.1", api.port), timeout=20)
+    conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+    started = time.monotonic()
+    assert conn.recv(100) == b""  # then nothing more is asked: closed as idle
+    assert 4 <= time.monotonic() - started <= 7.5
+    conn.close()
+
+
 def test_connection_cap_closes_new_connections_beyond_512(api) -> None:
     held = []
     try:
