@@ -72,6 +72,7 @@ def test_term_with_no_process_exits_zero(espm, tmp_path, pid1: bool) -> None:
 def test_sigkill_to_manager_kills_child(espm) -> None:
     m = espm(["python3", fixture("sigrecorder.py")])
     assert m.readline() == "child ready"
+    m.wait_api()
     child = m.status()["pid"]
     m.signal(signal.SIGKILL)
     m.wait()

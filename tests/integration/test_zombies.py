@@ -23,6 +23,7 @@ def test_no_zombie_left_after_hundreds_of_orphans(espm, pid1: bool) -> None:
     wait_for(lambda: len(descendants(manager)) == 1 and not zombies_below(manager))
     assert m.proc.poll() is None
     # The child itself is still running, still the one the status names.
+    m.wait_api()
     assert m.status()["state"] == "started"
 
 
