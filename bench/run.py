@@ -31,7 +31,9 @@ import bench_signal
 import bench_startup
 from harness import Context, Helper, Result
 
-BENCHMARKS = {m.NAME: m for m in (bench_signal, bench_orphans, bench_startup, bench_memory, bench_http, bench_keystore)}
+BENCHMARKS = {
+    m.NAME: m for m in (bench_signal, bench_orphans, bench_startup, bench_memory, bench_http, bench_keystore)
+}
 NEEDS_ROOT = {"signal", "orphans"}  # PID 1 in a new pid namespace
 COLUMNS = ("espm", "tini", "dumb-init", "supervisord", "python", "original")
 

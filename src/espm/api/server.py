@@ -253,11 +253,13 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
 
     def expire(self) -> None:
-        """The deadline passed: drop a slow or idle client, or end a linger."""
-        if self.transport is not None and not self.idle and not self.lingering:
-            self.server.timeouts += 1
+        """The deadline passed: drop a slow client, close an idle one, or end a linger."""
         if self.transport is not None:
-            self.transport.abort() if not self.idle and not self.lingering else self.transport.close()
+            if self.idle or self.lingering:
+                self.transport.close()
+            else:
+                self.server.timeouts += 1
+                self.transport.abort()  # a slowloris gets no courtesy
             self.transport = None
         self.server.connections.discard(self)
 

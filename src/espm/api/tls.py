@@ -59,6 +59,7 @@ class CertificateWatcher:
         self._paths = (cert, key, client_ca)
         self._current = server_context(cert, key, client_ca)
         self._stamp = _stamp(*self._paths)
+        self._refused: tuple[tuple[int, int, int], ...] = ()
         self.reloads = 0
         # The context the server listens with; every handshake is redirected to _current.
         self.context = server_context(cert, key, client_ca)
@@ -70,12 +71,14 @@ class CertificateWatcher:
     def reload_if_changed(self) -> bool:
         """Load the files again if they changed; keep the old context if they do not load."""
         stamp = _stamp(*self._paths)
-        if stamp == self._stamp:
+        if stamp == self._stamp or stamp == self._refused:
             return False
         try:
             fresh = server_context(*self._paths)
         except TlsError as err:
-            # Often a rotation seen half-way (the certificate before the key): try next time.
+            # Often a rotation seen half-way (the certificate before the key): the next change
+            # of the files is tried again; this one is said once.
+            self._refused = stamp
             log.warning("new TLS files not loaded, keeping the previous ones: %s", err)
             return False
         self._current = fresh
