@@ -131,6 +131,9 @@ class Espm:
         return self.proc.wait(timeout)
 
     def close(self) -> None:
+        """Kill the manager and everything below it; safe to call twice."""
+        if self._log_file.closed:
+            return
         pids = [self.proc.pid, *descendants(self.proc.pid)]
         for pid in reversed(pids):
             with contextlib.suppress(OSError):

@@ -134,6 +134,9 @@ class KeystoreUpdater:
         """Bring the keystore in line once, before Elasticsearch starts (never raises)."""
         self._remove_stale_work_folders()
         await self._try_update()
+        if self.update_failures:
+            # Even with the old keystore, a reload proves the credentials before it matters.
+            self._request_reload()
         self._tasks.append(asyncio.ensure_future(self._reload_loop()))
 
     async def _try_update(self) -> None:
