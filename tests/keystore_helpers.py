@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -25,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from espm.standins.keystore_tool import parse_keystore
+from tests.certs import CA
 from tests.conftest import PYTHON, base_env, free_port
 
 ES_USER = "elastic"
@@ -229,50 +225,14 @@ class Pki:
 
 
 def make_pki(folder: Path) -> Pki:
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "espm test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
+    ca = CA(folder / "issuer", "espm test CA")
     # Named for another host on purpose: the chain is checked, the host name is not.
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "es-node-0")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("es-node-0.example"), x509.IPAddress(ipaddress.ip_address("10.0.0.7"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
-    pki = Pki(folder / "ca.pem", folder / "cas", folder / "node.pem", folder / "node-key.pem")
-    pki.ca.write_bytes(ca_pem)
+    node = ca.issue("es-node-0", dns=("es-node-0.example",), ips=("10.0.0.7",))
+    pki = Pki(folder / "ca.pem", folder / "cas", node.cert, node.key)
+    pki.ca.write_bytes(ca.path.read_bytes())
     pki.ca_folder.mkdir()
-    (pki.ca_folder / "ca.crt").write_bytes(ca_pem)
+    (pki.ca_folder / "ca.crt").write_bytes(ca.path.read_bytes())
     (pki.ca_folder / "README").write_text("not a certificate\n")
-    pki.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
     return pki
 
 
