@@ -19,7 +19,7 @@ from espm.supervisor.signals import (
     StartupSignals,
     signal_name,
 )
-from espm.supervisor.state import KEPT_DOWN, ProcessState
+from espm.supervisor.state import KEPT_DOWN, SIGNALLED, ProcessState
 
 if TYPE_CHECKING:
     import asyncio
@@ -62,6 +62,7 @@ class Manager:
         self._readiness: ReadinessProbe | None = None
         self._exit: asyncio.Future[int] | None = None
         self._early_exit: int | None = None  # decided before the loop ran
+        self._terminating = False
 
     @property
     def readiness(self) -> ReadinessProbe:
@@ -88,7 +89,10 @@ class Manager:
         return 0 if ending.exit_code in self.config.process.success_exit_codes else ending.exit_code
 
     def _process_ended(self, ending: Ending) -> None:
-        if not ending.requested:
+        if self._terminating:
+            log.info("the process ended after SIGTERM/SIGINT to the manager: exiting with its status")
+            self.exit(self.exit_status(ending))
+        elif not ending.requested:
             log.info("the process ended on its own: exiting with its status")
             self.exit(self.exit_status(ending))
         elif self.config.process.exit_on_stop:
@@ -99,6 +103,10 @@ class Manager:
         name = signal_name(signum)
         if forwarded:
             log.debug("forwarded %s", name, extra={"signal": name})
+            if signum in (signal.SIGTERM, signal.SIGINT) and self.process.state in SIGNALLED:
+                # The container is being stopped while an operator's stop or kill is under way:
+                # when the process ends, the manager must end too, not wait for another start.
+                self._terminating = True
         elif not self.process.running and signum in TERMINATING:
             log.info("%s with no process running: exiting", name, extra={"signal": name})
             self.exit(0)

@@ -227,3 +227,25 @@ def test_sigterm_during_the_first_keystore_build_exits_zero_without_starting(esp
     m.signal(signal.SIGTERM)
     assert m.wait(timeout=5) == 0
     assert not marker.exists()
+
+
+def test_sigterm_to_the_manager_during_an_operators_stop_ends_the_manager(espm) -> None:
+    # The pod is deleted while an operator's stop is under way: once the process ends, the
+    # manager must exit too, instead of waiting for a start that will never come.
+    m = espm(["sh", "-c", "trap 'echo term; sleep 0.3; exit 143' TERM; echo ready; while :; do sleep 0.05; done"])
+    assert m.readline() == "ready"
+    m.wait_api()
+    assert m.request("POST", "/es/stop")[0] == 202
+    assert m.readline() == "term"
+    m.signal(signal.SIGTERM)
+    assert m.wait(timeout=5) == 143
+
+
+def test_after_an_operators_stop_the_manager_keeps_serving(espm) -> None:
+    m = espm(["sh", "-c", "trap 'exit 143' TERM; echo ready; while :; do sleep 0.05; done"])
+    assert m.readline() == "ready"
+    m.wait_api()
+    m.request("POST", "/es/stop")
+    wait_for(lambda: m.status()["state"] == "stopped")
+    time.sleep(0.2)
+    assert m.proc.poll() is None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from espm.supervisor.process import Outcome
-from espm.supervisor.state import UNHEALTHY, ProcessState
+from espm.supervisor.state import SIGNALLED, UNHEALTHY, ProcessState
 
 if TYPE_CHECKING:
     from espm.manager import Manager
@@ -138,10 +138,10 @@ class Router:
         return self._answer(self.process.start(), frozenset())
 
     def stop(self, request: Request) -> Response:
-        return self._answer(self.process.stop(), _SIGNALLED)
+        return self._answer(self.process.stop(), SIGNALLED)
 
     def kill(self, request: Request) -> Response:
-        return self._answer(self.process.kill(), _SIGNALLED)
+        return self._answer(self.process.kill(), SIGNALLED)
 
     async def ready(self, request: Request) -> Response:
         if not self.process.running:
@@ -164,5 +164,3 @@ class Router:
 
         return Response(200, files("espm").joinpath("openapi.json").read_bytes())
 
-
-_SIGNALLED = frozenset({ProcessState.STOPPING, ProcessState.KILLING})

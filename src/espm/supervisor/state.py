@@ -51,6 +51,8 @@ IDLE = frozenset({S.NOT_INITIALIZED, S.START_FAILED, S.STOPPED, S.KILLED, S.FAIL
 RUNNING = frozenset({S.STARTED, S.STOPPING, S.STOP_FAILED, S.KILLING, S.KILL_FAILED})
 # States /health reports as an error.
 UNHEALTHY = frozenset({S.START_FAILED, S.STOP_FAILED, S.KILL_FAILED})
+# States in which an operator's stop or kill is under way.
+SIGNALLED = frozenset({S.STOPPING, S.KILLING})
 # States recorded by an operator's stop or kill: the process stays down across a restart.
 KEPT_DOWN = frozenset({S.STOPPED, S.KILLED})
 
