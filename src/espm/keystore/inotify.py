@@ -62,20 +62,27 @@ class FolderWatch:
     def watching(self) -> bool:
         return self._wd >= 0
 
-    def read(self) -> None:
-        """Drain pending events; mark the watch gone when the folder was removed or moved."""
+    def read(self, complete: bytes = b"") -> bool:
+        """Drain pending events; True if `complete` was renamed or created in the folder.
+
+        Marks the watch gone when the folder itself was removed or moved.
+        """
+        seen = False
         while True:
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
-                return
+                return seen
             offset = 0
             while offset + 16 <= len(data):
                 wd = int.from_bytes(data[offset : offset + 4], "little", signed=True)
                 mask = int.from_bytes(data[offset + 4 : offset + 8], "little")
                 length = int.from_bytes(data[offset + 12 : offset + 16], "little")
+                name = data[offset + 16 : offset + 16 + length].rstrip(b"\0")
                 if wd == self._wd and mask & _GONE:
                     self._wd = -1
+                if complete and name == complete and mask & (IN_MOVED_TO | IN_CREATE):
+                    seen = True
                 offset += 16 + length
 
     def close(self) -> None:

@@ -45,19 +45,46 @@ class SourceError(Exception):
     """The directory cannot be read."""
 
 
+DATA = "..data"
+_ATTEMPTS = 3
+
+
 def read_snapshot(directory: Path) -> Snapshot:
-    """Read every visible setting of `directory`; invalid names are listed, not read."""
+    """Read every visible setting of `directory`; invalid names are listed, not read.
+
+    In a Kubernetes layout the settings are read from the folder `..data` points to, resolved
+    once: that folder is complete the moment `..data` is swapped, before the visible links are
+    fixed, and reading from it alone gives one version even if another swap comes meanwhile.
+    """
+    data = directory / DATA
+    for _ in range(_ATTEMPTS):
+        if not data.is_dir():
+            return _read_folder(directory)
+        try:
+            return _read_folder(Path(os.path.realpath(data)), strict=True)
+        except FileNotFoundError:
+            continue  # swapped and the old folder removed while we read: read the new one
+    raise SourceError(f"{data} kept changing while it was read")
+
+
+def _read_folder(folder: Path, strict: bool = False) -> Snapshot:
     values: dict[str, bytes] = {}
     invalid: list[str] = []
     try:
-        entries = sorted(os.listdir(directory))
+        entries = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        if strict:
+            raise
+        raise SourceError(f"cannot list {folder}: it does not exist") from None
     except OSError as err:
-        raise SourceError(f"cannot list {directory}: {err.strerror}") from None
+        raise SourceError(f"cannot list {folder}: {err.strerror}") from None
     for name in entries:
         if name.startswith("."):
             continue
-        path = directory / name
+        path = folder / name
         if not path.is_file():
+            if strict and not folder.exists():
+                raise FileNotFoundError(folder)
             continue  # a folder, or a dangling link left by a swap under way
         if not SETTING_NAME.fullmatch(name):
             invalid.append(name)
@@ -65,6 +92,8 @@ def read_snapshot(directory: Path) -> Snapshot:
         try:
             values[name] = path.read_bytes()
         except FileNotFoundError:
+            if strict:
+                raise
             continue  # removed between the listing and the read: the next event says so
         except OSError as err:
             raise SourceError(f"cannot read {path}: {err.strerror}") from None
