@@ -511,6 +511,36 @@ def test_a_failed_reload_is_retried_with_backoff(
     assert doc["reloads"] == 1 and es.stats()["reload"] == 2
 
 
+def test_a_failed_reload_stays_the_news_across_an_update(
+    espm: Any, ks: KeystoreSetup, launch_es: EsLauncher, pki: Pki
+) -> None:
+    es = launch_es(keystore=ks.keystore)
+    es.mode("reload-500")
+    ks.secrets.write({"a": "1"})
+    manager = start(espm, reload_env(ks, es, pki))
+    wait_state(manager, "failed", FAILED_RELOAD)
+    ks.secrets.write({"a": "2"})
+    doc = wait_status(manager, lambda s: s["updates"] == 2)
+    # The keystore is new, but Elasticsearch has not loaded it: that is what the status says.
+    assert doc["state"] == "failed" and doc["reason"].startswith(FAILED_RELOAD)
+    assert ks.settings()["a"] == b"2"
+    es.mode("ok")
+    wait_state(manager, "running", "Secure settings reloaded", timeout=10)
+
+
+def test_a_batch_refused_by_the_tool_is_not_undone_by_the_servers_version(
+    espm: Any, ks: KeystoreSetup, launch_es: EsLauncher, pki: Pki
+) -> None:
+    # An old tool beside a server that says 8.x (no KEYSTORE_ES_VERSION): the tool's refusal wins.
+    es = launch_es(keystore=ks.keystore)
+    ks.secrets.write({"a": "1", "b": "2"})
+    manager = start(espm, reload_env(ks, es, pki, STANDIN_KEYSTORE_VERSION="6.8.0"))
+    wait_state(manager, "running", "Secure settings reloaded")  # GET / answered 8.x meanwhile
+    ks.secrets.write({"a": "10", "b": "20"})
+    wait_status(manager, lambda s: s["updates"] == 2)
+    assert [pairs_of(run) for run in ks.runs()[3:]] == [["a"], ["b"]]
+
+
 def test_updates_while_elasticsearch_is_down_coalesce_into_one_reload(
     espm: Any, ks: KeystoreSetup, launch_es: EsLauncher, pki: Pki
 ) -> None:

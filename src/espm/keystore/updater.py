@@ -246,25 +246,28 @@ class KeystoreUpdater:
             # setting in the keystore that no record says is ours (it could never be removed).
             self._write_managed(managed | set(snapshot.names))
             started = time.monotonic()
-            await self._rebuild(snapshot, to_add, to_remove)
-            log.info(
-                "keystore updated: %d added or changed, %d removed",
-                len(to_add),
-                len(to_remove),
-                extra={"event.duration": int((time.monotonic() - started) * 1e9)},
-            )
-            self.updates += 1
-            self._request_reload()
+            if await self._rebuild(snapshot, to_add, to_remove):
+                log.info(
+                    "keystore updated: %d added or changed, %d removed",
+                    len(to_add),
+                    len(to_remove),
+                    extra={"event.duration": int((time.monotonic() - started) * 1e9)},
+                )
+                self.updates += 1
+                self._request_reload()
         elif self.updates == 0 and self.reloads == 0:
             self._request_reload()  # first sight: still prove the credentials early
         self._write_managed(set(snapshot.names))
         self._applied = {n: snapshot.digest(n) for n in snapshot.names}
         self._fingerprint = fingerprint
         self.settings = snapshot.names
-        if changed or self.update_failures or self.state == "notInitialized":
+        # A reload that failed and waits for its retry stays the news: the new keystore is in
+        # place, but Elasticsearch has not loaded it.
+        if (changed or self.update_failures or self.state == "notInitialized") and not self.reload_failures:
             self._set("running", UPDATED)
 
-    async def _rebuild(self, snapshot: Snapshot, to_add: list[str], to_remove: list[str]) -> None:
+    async def _rebuild(self, snapshot: Snapshot, to_add: list[str], to_remove: list[str]) -> bool:
+        """Write the keystore with `to_add` added and `to_remove` removed; False if none was due."""
         parent = self.path.parent
         try:
             work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent))
@@ -290,7 +293,7 @@ class KeystoreUpdater:
                 await self._remove(to_remove, work)
             if not target.is_file():
                 if old is None and not pairs:
-                    return  # no keystore, and nothing to put in one: nothing to remove either
+                    return False  # no keystore, and nothing to put in one: nothing to remove either
                 raise UpdateError("the tool reported success but wrote no keystore")
             if old is not None:
                 os.chmod(target, old.st_mode & 0o7777)
@@ -301,6 +304,7 @@ class KeystoreUpdater:
             os.replace(target, self.path)
             _fsync_dir(parent)
             self._written_digest = sha256_file(self.path)
+            return True
         except OSError as err:
             raise UpdateError(f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")) from None
         finally:
@@ -437,7 +441,10 @@ class KeystoreUpdater:
                 version = doc.get("version", {}).get("number") if isinstance(doc, dict) else None
                 if isinstance(version, str) and not self.config.es_version:
                     self._es_version = version
-                    self._batch = batches_pairs(version)
+                    if self._batch is None:
+                        # What the tool itself showed (a refused batch) outranks the server's
+                        # version: the two can differ.
+                        self._batch = batches_pairs(version)
                 return
             if answer is not None and answer.status not in (502, 503, 504):
                 raise UpdateError(f"GET / answered HTTP {answer.status}{_es_reason(answer.json())}")
