@@ -155,6 +155,10 @@ class Connection(asyncio.Protocol):
             self._respond(result)
             return
         self.busy = True
+        # Nothing more is read meanwhile: a client pipelining a flood behind a slow request
+        # must not grow h11's buffer without bound.
+        assert self.transport is not None
+        self.transport.pause_reading()
         task = asyncio.ensure_future(result)
         self.server.tasks.add(task)
         task.add_done_callback(self._async_done)
@@ -164,6 +168,7 @@ class Connection(asyncio.Protocol):
         self.busy = False
         if self.transport is None:
             return
+        self.transport.resume_reading()
         if task.cancelled():
             response = Response.error(503, "the manager is shutting down")
         elif task.exception() is not None:
