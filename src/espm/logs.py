@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any
@@ -64,5 +63,5 @@ def setup(level: str = "info", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-    # Without this, a failed write to a closed stderr would print a traceback per record.
-    logging.raiseExceptions = os.environ.get("ESPM_DEBUG_LOGGING") == "1"
+    # A PID 1 whose stderr was closed must go on: no traceback per record, no crash.
+    logging.raiseExceptions = False

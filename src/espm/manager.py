@@ -72,6 +72,10 @@ class Manager:
             self._readiness = ReadinessProbe(self.config.keystore)
         return self._readiness
 
+    @property
+    def readiness_checks(self) -> int:
+        return self._readiness.checks if self._readiness is not None else 0
+
     # -- decisions --------------------------------------------------------------------------
 
     @property

@@ -72,6 +72,7 @@ class DebugEndpoints:
             "keystore_reloads": updater.reloads if updater else 0,
             "keystore_tool_runs": updater.tool.runs if updater else 0,
             "process_starts": m.process.starts,
+            "readiness_checks": m.readiness_checks,
         }
 
     def vars(self, request: Request) -> Response:

@@ -101,7 +101,6 @@ class KeystoreUpdater:
         self._applied: dict[str, str] = {}  # name -> digest of the value now in the keystore
         self._fingerprint: str | None = None
         self._written_digest: str | None = None
-        self._es_version = config.es_version
         self._batch: bool | None = batches_pairs(config.es_version) if config.es_version else None
         self._client = ElasticsearchClient(config) if config.reload_credentials else None
         self._changed = asyncio.Event()
@@ -440,7 +439,6 @@ class KeystoreUpdater:
                 doc = answer.json()
                 version = doc.get("version", {}).get("number") if isinstance(doc, dict) else None
                 if isinstance(version, str) and not self.config.es_version:
-                    self._es_version = version
                     if self._batch is None:
                         # What the tool itself showed (a refused batch) outranks the server's
                         # version: the two can differ.

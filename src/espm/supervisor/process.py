@@ -18,7 +18,6 @@ from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import ALL_SIGNALS, SignalForwarder, StartupSignals, signal_name
 from espm.supervisor.spawn import SpawnError, spawn
 from espm.supervisor.state import (
-    IDLE,
     Event,
     ProcessState,
     next_state,
@@ -65,8 +64,6 @@ class Outcome:
     """The answer to an operator's request: did it fail, and why."""
 
     error: str | None = None
-    # True when the request changed something now (a signal was sent, a process started).
-    acted: bool = False
 
 
 class ManagedProcess:
@@ -183,7 +180,7 @@ class ManagedProcess:
         self.starts += 1
         self._move(Event.START_OK)
         log.info("started %s", self.config.command[0], extra={"child.pid": pid})
-        return Outcome(acted=True)
+        return Outcome()
 
     def stop(self) -> Outcome:
         """SIGTERM to the group; escalate to SIGKILL after PM_STOP_TIMEOUT if set."""
@@ -216,7 +213,7 @@ class ManagedProcess:
             log.error(message, extra={"child.pid": self.pid})
             return Outcome(error=message)
         self._move(sent)
-        return Outcome(acted=True)
+        return Outcome()
 
     def _stop_timed_out(self, pid: int) -> None:
         if self.pid == pid and self.state is ProcessState.STOPPING:
@@ -261,7 +258,3 @@ class ManagedProcess:
             extra={"child.pid": pgid, "process.exit_code": self.exit_code},
         )
         self._on_end(Ending(self.exit_code, self.exit_signal, requested))
-
-    @property
-    def idle(self) -> bool:
-        return self.state in IDLE

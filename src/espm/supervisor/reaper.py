@@ -8,7 +8,6 @@ never be reaped before its owner is known, and never be stolen by another wait.
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import signal
@@ -107,7 +106,3 @@ class Reaper:
         except Exception:
             log.exception("exit callback failed", extra={"child.pid": pid})
 
-
-def is_gone(err: OSError) -> bool:
-    """True when a kill failed only because the target no longer exists."""
-    return err.errno == errno.ESRCH
