@@ -438,11 +438,10 @@ class KeystoreUpdater:
             if answer is not None and answer.status == 200:
                 doc = answer.json()
                 version = doc.get("version", {}).get("number") if isinstance(doc, dict) else None
-                if isinstance(version, str) and not self.config.es_version:
-                    if self._batch is None:
-                        # What the tool itself showed (a refused batch) outranks the server's
-                        # version: the two can differ.
-                        self._batch = batches_pairs(version)
+                # What the tool itself showed (a refused batch) outranks the server's version:
+                # the two can differ.
+                if isinstance(version, str) and not self.config.es_version and self._batch is None:
+                    self._batch = batches_pairs(version)
                 return
             if answer is not None and answer.status not in (502, 503, 504):
                 raise UpdateError(f"GET / answered HTTP {answer.status}{_es_reason(answer.json())}")
