@@ -94,7 +94,7 @@ class Espm:
         self.port = int(env.get("PM_HTTP_PORT", "8080"))
         self.name = env.get("PM_PROC_NAME", "es")
         # Logs go to a file, not a pipe: a test that reads no logs must not stall the manager.
-        self._log_file = tempfile.TemporaryFile()
+        self._log_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the manager, closed in close()
         self.proc = subprocess.Popen(
             argv,
             env=env,

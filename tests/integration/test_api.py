@@ -60,8 +60,21 @@ def test_wrong_method_on_a_read_route(api) -> None:
     assert code == 405 and answer.getheader("Allow") == "GET" and "error" in doc
 
 
-@pytest.mark.parametrize("path", ["/", "/es", "/es/", "/es/restart", "/other/status", "/debug/vars", "/metrics",
-                                  "/debug/pprof/", "/es/status/extra", "/ES/status"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/es",
+        "/es/",
+        "/es/restart",
+        "/other/status",
+        "/debug/vars",
+        "/metrics",
+        "/debug/pprof/",
+        "/es/status/extra",
+        "/ES/status",
+    ],
+)
 def test_unknown_paths_and_disabled_endpoints_are_404(api, path) -> None:
     code, doc, _ = api.request("GET", path)
     assert code == 404 and "error" in doc
@@ -83,7 +96,10 @@ def test_keep_alive_and_pipelining(api) -> None:
         answer = conn.getresponse()
         assert answer.status == 200 and answer.read() == b'{"status": "ok"}'
     conn.close()
-    pipelined = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3 + b"GET /es/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    pipelined = (
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+        + b"GET /es/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     out = raw(api.port, pipelined)
     assert out.count(b"HTTP/1.1 200 OK") == 4
     assert out.rstrip().endswith(b"}")
@@ -117,9 +133,14 @@ def test_oversized_body_gets_413_before_the_body_is_sent(api) -> None:
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100), b"HELLO\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
-     b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", b"\r\n\r\n\r\n",
-     b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n"],
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100),
+        b"HELLO\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"\r\n\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n",
+    ],
 )
 def test_garbage_gets_4xx_or_a_closed_connection(api, garbage) -> None:
     out = raw(api.port, garbage)
@@ -149,7 +170,7 @@ def test_every_documented_route_answers_a_documented_status(espm) -> None:
         for path, item in doc["paths"].items():
             for method, operation in item.items():
                 target = path.replace("{name}", "es").replace("profile", "profile?seconds=0.1")
-                code, body, answer = m.request(method.upper(), target)
+                code, _, answer = m.request(method.upper(), target)
                 assert str(code) in operation["responses"], f"{method} {path} answered {code}"
                 documented = operation["responses"][str(code)].get("content", {})
                 assert answer.getheader("Content-Type").split(";")[0] in documented
@@ -162,11 +183,19 @@ def test_debug_vars(espm) -> None:
         m.request("GET", "/health")
     code, doc, _ = m.request("GET", "/debug/vars")
     assert code == 200
-    assert doc["memory"]["rss_bytes"] > 1_000_000 and doc["memory"]["peak_rss_bytes"] >= doc["memory"]["rss_bytes"]
+    assert (
+        doc["memory"]["rss_bytes"] > 1_000_000
+        and doc["memory"]["peak_rss_bytes"] >= doc["memory"]["rss_bytes"]
+    )
     assert doc["process"]["state"] == "started" and doc["counters"]["http_requests"] >= 4
     assert doc["uptime_seconds"] > 0 and "espm" in " ".join(doc["cmdline"])
-    assert set(doc["counters"]) >= {"signals_forwarded", "zombies_reaped", "http_requests", "keystore_updates",
-                                    "keystore_reloads"}
+    assert set(doc["counters"]) >= {
+        "signals_forwarded",
+        "zombies_reaped",
+        "http_requests",
+        "keystore_updates",
+        "keystore_reloads",
+    }
 
 
 def test_metrics_in_prometheus_text_format(espm) -> None:

@@ -66,6 +66,7 @@ def test_12_operators_racing_never_leave_two_processes_or_a_wrong_status(espm) -
     for t in threads:
         t.join()
     assert not problems, problems[:5]
+
     # Once things settle, the status says what /proc says.
     def settled() -> bool:
         doc = m.status()
@@ -83,8 +84,21 @@ def test_12_operators_racing_never_leave_two_processes_or_a_wrong_status(espm) -
 
 TOKEN = st.text(alphabet=string.ascii_letters + string.digits + "-_.~%/?=&", min_size=0, max_size=40)
 PATHS = st.one_of(
-    st.sampled_from(["/health", "/es/start", "/es/stop", "/es/kill", "/es/status", "/es/ready",
-                     "/keystore/status", "/openapi.json", "/debug/vars", "/metrics", "/debug/pprof/heap"]),
+    st.sampled_from(
+        [
+            "/health",
+            "/es/start",
+            "/es/stop",
+            "/es/kill",
+            "/es/status",
+            "/es/ready",
+            "/keystore/status",
+            "/openapi.json",
+            "/debug/vars",
+            "/metrics",
+            "/debug/pprof/heap",
+        ]
+    ),
     TOKEN.map(lambda t: "/" + t),
     st.sampled_from(["/es/status"]).flatmap(lambda p: TOKEN.map(lambda q: p + "?" + q)),
 )
@@ -100,8 +114,12 @@ def test_generated_requests_find_no_unlisted_5xx(espm) -> None:
     m.wait_api()
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(method=METHODS, path=PATHS, headers=st.lists(st.tuples(HEADER_NAME, HEADER_VALUE), max_size=5),
-           body=st.binary(max_size=300))
+    @given(
+        method=METHODS,
+        path=PATHS,
+        headers=st.lists(st.tuples(HEADER_NAME, HEADER_VALUE), max_size=5),
+        body=st.binary(max_size=300),
+    )
     def check(method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> None:
         head = f"{method} {path} HTTP/1.1\r\nHost: espm\r\nConnection: close\r\n"
         for name, value in headers:

@@ -20,8 +20,13 @@ from tests.conftest import PYTHON, base_env, free_port, wait_for
 def https_env(ca_dir: Path, **extra: str) -> tuple[dict[str, str], CA]:
     ca = CA(ca_dir)
     server = ca.issue("espm")
-    env = base_env(PM_HTTP_PORT=str(free_port()), PM_TLS="true", PM_CERT_PATH=str(server.cert),
-                   PM_KEY_PATH=str(server.key), **extra)
+    env = base_env(
+        PM_HTTP_PORT=str(free_port()),
+        PM_TLS="true",
+        PM_CERT_PATH=str(server.cert),
+        PM_KEY_PATH=str(server.key),
+        **extra,
+    )
     return env, ca
 
 
@@ -38,8 +43,10 @@ def get(port: int, context: ssl.SSLContext, path: str = "/health") -> tuple[int,
 def peer_subject(port: int, context: ssl.SSLContext) -> str:
     import socket
 
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         cert = tls.getpeercert()
     return dict(x[0] for x in cert["subject"])["commonName"]
 
@@ -91,14 +98,30 @@ def test_mutual_tls_accepts_signed_clients_and_refuses_others(espm, tmp_path) ->
 
     # The ctl client with --cert/--key/--cacert.
     proc = subprocess.run(
-        [PYTHON, "-m", "espm", "status", "--url", f"https://127.0.0.1:{m.port}", "--cacert", str(ca.path),
-         "--cert", str(good.cert), "--key", str(good.key)],
-        capture_output=True, text=True, timeout=20,
+        [
+            PYTHON,
+            "-m",
+            "espm",
+            "status",
+            "--url",
+            f"https://127.0.0.1:{m.port}",
+            "--cacert",
+            str(ca.path),
+            "--cert",
+            str(good.cert),
+            "--key",
+            str(good.key),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert proc.returncode == 0 and "started" in proc.stdout
     proc = subprocess.run(
         [PYTHON, "-m", "espm", "status", "--url", f"https://127.0.0.1:{m.port}", "--cacert", str(ca.path)],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert proc.returncode == 3
 
@@ -133,7 +156,10 @@ def test_client_reads_pm_tls_variables(espm, tmp_path) -> None:
     m.wait_api()
     proc = subprocess.run(
         [PYTHON, "-m", "espm", "status", "--json", "--cacert", str(ca.path)],
-        env={**env, "PM_HTTP_HOST": "0.0.0.0"}, capture_output=True, text=True, timeout=20,
+        env={**env, "PM_HTTP_HOST": "0.0.0.0"},
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["state"] == "started"
@@ -149,9 +175,25 @@ class StandinElasticsearch:
         self.mode_file.write_text(mode)
         self.port_file = folder / "port"
         self.port = free_port() if ready_after else 0
-        args = [sys.executable, "-m", "espm.standins.elasticsearch", "--port", str(self.port),
-                "--port-file", str(self.port_file), "--cert", str(server.cert), "--key", str(server.key),
-                "--user", "elastic", "--password", "changeme", "--mode-file", str(self.mode_file)]
+        args = [
+            sys.executable,
+            "-m",
+            "espm.standins.elasticsearch",
+            "--port",
+            str(self.port),
+            "--port-file",
+            str(self.port_file),
+            "--cert",
+            str(server.cert),
+            "--key",
+            str(server.key),
+            "--user",
+            "elastic",
+            "--password",
+            "changeme",
+            "--mode-file",
+            str(self.mode_file),
+        ]
         if ready_after:
             args += ["--ready-after", str(ready_after)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -44,8 +44,11 @@ def test_run_help_lists_a_flag_per_variable() -> None:
 
 def test_flag_wins_over_variable(espm) -> None:
     port = free_port()
-    m = espm(["sleep", "30"], args=[f"--pm-http-port={port}", "--pm-proc-name", "search"],
-             env=base_env(PM_HTTP_PORT="1", PM_PROC_NAME="es"))
+    m = espm(
+        ["sleep", "30"],
+        args=[f"--pm-http-port={port}", "--pm-proc-name", "search"],
+        env=base_env(PM_HTTP_PORT="1", PM_PROC_NAME="es"),
+    )
     m.port = port
     m.name = "search"
     m.wait_api()
@@ -53,8 +56,12 @@ def test_flag_wins_over_variable(espm) -> None:
 
 
 def test_run_subcommand_is_the_default(espm) -> None:
-    proc = subprocess.run([PYTHON, "-m", "espm", "run", "--pm-http-port", "0", "--", "sh", "-c", "exit 9"],
-                          env=base_env(), capture_output=True, timeout=20)
+    proc = subprocess.run(
+        [PYTHON, "-m", "espm", "run", "--pm-http-port", "0", "--", "sh", "-c", "exit 9"],
+        env=base_env(),
+        capture_output=True,
+        timeout=20,
+    )
     assert proc.returncode == 9
 
 

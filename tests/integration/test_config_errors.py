@@ -53,18 +53,32 @@ CASES = [
         {"PM_TLS": "true", "PM_CERT_PATH": "/nonexistent.pem", "PM_KEY_PATH": "/nonexistent.key"},
         "PM_CERT_PATH='/nonexistent.pem': expected a readable file (No such file or directory)",
     ),
-    ({"PM_CLIENT_CA_PATH": "/etc/hostname"}, "PM_CLIENT_CA_PATH='/etc/hostname': mutual TLS needs PM_TLS=true"),
-    ({"PM_STATE_FILE": "/nonexistent/dir/state.json"}, "PM_STATE_FILE='/nonexistent/dir/state.json': expected a file in an existing folder"),
+    (
+        {"PM_CLIENT_CA_PATH": "/etc/hostname"},
+        "PM_CLIENT_CA_PATH='/etc/hostname': mutual TLS needs PM_TLS=true",
+    ),
+    (
+        {"PM_STATE_FILE": "/nonexistent/dir/state.json"},
+        "PM_STATE_FILE='/nonexistent/dir/state.json': expected a file in an existing folder",
+    ),
     ({"KEYSTORE_TOOL_TIMEOUT": "0"}, "KEYSTORE_TOOL_TIMEOUT='0': expected a number of seconds above 0"),
-    ({"KEYSTORE_ES_ENDPOINT": "localhost:9200"}, "KEYSTORE_ES_ENDPOINT='localhost:9200': expected an http(s)://host:port URL"),
+    (
+        {"KEYSTORE_ES_ENDPOINT": "localhost:9200"},
+        "KEYSTORE_ES_ENDPOINT='localhost:9200': expected an http(s)://host:port URL",
+    ),
     ({"KEYSTORE_ES_ENDPOINT": "https://127.0.0.1:99999"}, "KEYSTORE_ES_ENDPOINT"),
     ({"KEYSTORE_ES_VERSION": "eight"}, "KEYSTORE_ES_VERSION='eight': expected a version such as 8.15.0"),
     ({"KEYSTORE_RELOAD_CREDENTIALS": "perhaps"}, "KEYSTORE_RELOAD_CREDENTIALS='perhaps'"),
-    ({"KEYSTORE_ES_PASSWORD_FILE": "/nonexistent/password"}, "KEYSTORE_ES_PASSWORD_FILE='/nonexistent/password': expected a readable file"),
+    (
+        {"KEYSTORE_ES_PASSWORD_FILE": "/nonexistent/password"},
+        "KEYSTORE_ES_PASSWORD_FILE='/nonexistent/password': expected a readable file",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("env", "message"), CASES, ids=[next(iter(c[0])) + "=" + next(iter(c[0].values())) for c in CASES])
+@pytest.mark.parametrize(
+    ("env", "message"), CASES, ids=[next(iter(c[0])) + "=" + next(iter(c[0].values())) for c in CASES]
+)
 def test_bad_variable_exits_2_with_one_line_and_starts_nothing(tmp_path, env, message) -> None:
     code, stderr, marker = run_espm(tmp_path, **env)
     assert code == 2
@@ -122,7 +136,9 @@ def test_reload_requirements(tmp_path) -> None:
     assert code == 2 and "KEYSTORE_ES_USERNAME=''" in stderr
     code, stderr, _ = run_espm(tmp_path, **base, KEYSTORE_ES_USERNAME="elastic")
     assert code == 2 and "KEYSTORE_ES_PASSWORD=<redacted>: a password" in stderr
-    code, stderr, _ = run_espm(tmp_path, **base, KEYSTORE_ES_USERNAME="elastic", KEYSTORE_ES_PASSWORD="pw-secret-value")
+    code, stderr, _ = run_espm(
+        tmp_path, **base, KEYSTORE_ES_USERNAME="elastic", KEYSTORE_ES_PASSWORD="pw-secret-value"
+    )
     assert code == 2 and "KEYSTORE_ES_CA_CERTS_PATH='/volume/http-certs'" in stderr
     assert "pw-secret-value" not in stderr
 
@@ -130,9 +146,24 @@ def test_reload_requirements(tmp_path) -> None:
 def test_tls_files_that_do_not_match_are_a_configuration_error(tmp_path) -> None:
     for name in ("a", "b"):
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
-             "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.crt")],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                f"/CN={name}",
+                "-keyout",
+                str(tmp_path / f"{name}.key"),
+                "-out",
+                str(tmp_path / f"{name}.crt"),
+            ],
+            check=True,
+            capture_output=True,
         )
     code, stderr, marker = run_espm(
         tmp_path, PM_TLS="true", PM_CERT_PATH=str(tmp_path / "a.crt"), PM_KEY_PATH=str(tmp_path / "b.key")
@@ -149,7 +180,9 @@ def test_corrupt_state_file_is_a_configuration_error(tmp_path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(("value", "message"), [("'unbalanced", "No closing quotation"), ("  ", "the command is empty")])
+@pytest.mark.parametrize(
+    ("value", "message"), [("'unbalanced", "No closing quotation"), ("  ", "the command is empty")]
+)
 def test_bad_command_variable(tmp_path, value, message) -> None:
     proc = subprocess.run(
         [PYTHON, "-m", "espm"], env=base_env(PM_PROC_CMD=value), capture_output=True, timeout=20
@@ -162,8 +195,11 @@ def test_command_variable_is_shlex_split_never_through_a_shell(tmp_path) -> None
     out = tmp_path / "out"
     proc = subprocess.run(
         [PYTHON, "-m", "espm"],
-        env=base_env(PM_HTTP_PORT="0", PM_PROC_CMD=f"sh -c 'printf \"%s|\" \"$@\" > {out}' x 'a b' '$HOME' \"c;d\""),
-        capture_output=True, timeout=20,
+        env=base_env(
+            PM_HTTP_PORT="0", PM_PROC_CMD=f"sh -c 'printf \"%s|\" \"$@\" > {out}' x 'a b' '$HOME' \"c;d\""
+        ),
+        capture_output=True,
+        timeout=20,
     )
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "a b|$HOME|c;d|"
@@ -177,5 +213,3 @@ def test_empty_command_after_double_dash(tmp_path) -> None:
 def test_error_line_is_written_before_any_log(tmp_path) -> None:
     code, stderr, _ = run_espm(tmp_path, PM_HTTP_PORT="-5")
     assert code == 2 and "{" not in stderr  # no JSON log line: nothing started logging
-
-

@@ -52,7 +52,10 @@ def test_every_exit_code_0_to_255() -> None:
 
 def test_death_by_signal_is_128_plus_n() -> None:
     # The child restores the default action first (Python ignores SIGPIPE and SIGXFSZ itself).
-    kill_self = "import os, signal, sys; s = int(sys.argv[1]); s != 9 and signal.signal(s, signal.SIG_DFL); os.kill(os.getpid(), s)"
+    kill_self = (
+        "import os, signal, sys; s = int(sys.argv[1]); "
+        "s != 9 and signal.signal(s, signal.SIG_DFL); os.kill(os.getpid(), s)"
+    )
     commands = [[PYTHON, "-c", kill_self, str(s)] for s in KILLING]
     assert run_all(commands) == [128 + s for s in KILLING]
 

@@ -80,7 +80,16 @@ def test_status_fields_and_transitions_through_the_api(espm, tmp_path) -> None:
     m = espm(["sleep", "60"], env=env(PM_CONFIG_FILE=str(config), PM_PROC_NAME="elastic"))
     m.wait_api()
     doc = m.status()
-    assert set(doc) == {"name", "state", "since", "pid", "exit_code", "exit_signal", "starts", "config_checksum"}
+    assert set(doc) == {
+        "name",
+        "state",
+        "since",
+        "pid",
+        "exit_code",
+        "exit_signal",
+        "starts",
+        "config_checksum",
+    }
     assert doc["name"] == "elastic" and doc["state"] == "started" and doc["starts"] == 1
     assert doc["config_checksum"] == str(zlib.crc32(b"cluster.name: demo\n"))
     assert doc["since"].endswith("Z") and "T" in doc["since"]
@@ -112,8 +121,9 @@ def test_status_fields_and_transitions_through_the_api(espm, tmp_path) -> None:
 
 def test_stop_timeout_escalates_to_sigkill(espm) -> None:
     # The child ignores SIGTERM: only the timeout's SIGKILL ends it.
-    m = espm(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
-             env=env(PM_STOP_TIMEOUT="0.5"))
+    m = espm(
+        ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"], env=env(PM_STOP_TIMEOUT="0.5")
+    )
     assert m.readline() == "ready"
     m.wait_api()
     started = time.monotonic()
@@ -210,7 +220,7 @@ def test_sigterm_during_the_first_keystore_build_exits_zero_without_starting(esp
     secrets.mkdir()
     (secrets / "a.setting").write_text("x")
     tool = tmp_path / "elasticsearch-keystore"
-    tool.write_text(f"#!/bin/sh\nexec {sys.executable} -m espm.standins.keystore_tool \"$@\"\n")
+    tool.write_text(f'#!/bin/sh\nexec {sys.executable} -m espm.standins.keystore_tool "$@"\n')
     tool.chmod(0o755)
     marker = tmp_path / "started"
     e = env(
@@ -232,7 +242,9 @@ def test_sigterm_during_the_first_keystore_build_exits_zero_without_starting(esp
 def test_sigterm_to_the_manager_during_an_operators_stop_ends_the_manager(espm) -> None:
     # The pod is deleted while an operator's stop is under way: once the process ends, the
     # manager must exit too, instead of waiting for a start that will never come.
-    m = espm(["sh", "-c", "trap 'echo term; sleep 0.3; exit 143' TERM; echo ready; while :; do sleep 0.05; done"])
+    m = espm(
+        ["sh", "-c", "trap 'echo term; sleep 0.3; exit 143' TERM; echo ready; while :; do sleep 0.05; done"]
+    )
     assert m.readline() == "ready"
     m.wait_api()
     assert m.request("POST", "/es/stop")[0] == 202

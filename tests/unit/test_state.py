@@ -24,7 +24,7 @@ S, E = ProcessState, Event
 
 
 def test_every_state_is_idle_or_running_and_has_a_row() -> None:
-    assert IDLE | RUNNING == set(ProcessState)
+    assert set(ProcessState) == IDLE | RUNNING
     assert not IDLE & RUNNING
     assert set(TRANSITIONS) == set(ProcessState)
 
@@ -54,7 +54,12 @@ def test_transitions_of_the_original(state, event, expected) -> None:
 
 @pytest.mark.parametrize(
     ("state", "event"),
-    [(S.KILLING, E.STOP_SENT), (S.STOPPED, E.EXITED), (S.NOT_INITIALIZED, E.STOP_SENT), (S.KILLING, E.START_OK)],
+    [
+        (S.KILLING, E.STOP_SENT),
+        (S.STOPPED, E.EXITED),
+        (S.NOT_INITIALIZED, E.STOP_SENT),
+        (S.KILLING, E.START_OK),
+    ],
 )
 def test_illegal_moves_raise_naming_both(state, event) -> None:
     with pytest.raises(IllegalTransition, match=f"from {state.value} on {event.value}"):

@@ -163,4 +163,3 @@ class Router:
         from importlib.resources import files
 
         return Response(200, files("espm").joinpath("openapi.json").read_bytes())
-

@@ -105,4 +105,3 @@ class Reaper:
             owner(status)
         except Exception:
             log.exception("exit callback failed", extra={"child.pid": pid})
-
