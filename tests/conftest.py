@@ -242,6 +242,11 @@ def espm() -> Iterator[Any]:
     yield start
     for manager in started:
         manager.close()
+    # Whatever the test did, espm itself never printed a Python traceback (an asyncio
+    # "Exception in callback" included): a bug that a passing assertion could hide.
+    for manager in started:
+        raw = [r["message"] for r in manager.logs if r.get("raw")]
+        assert not [line for line in raw if "Traceback" in line or "Exception in callback" in line], raw
 
 
 def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.01) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -87,3 +88,42 @@ def test_client_error_answer_exits_1(espm, tmp_path) -> None:
     assert run([PYTHON, "-m", "espm", "stop"], PM_HTTP_PORT=str(m.port)).returncode == 0
     proc = run([PYTHON, "-m", "espm", "start"], PM_HTTP_PORT=str(m.port))
     assert proc.returncode == 1 and "HTTP 500" in proc.stderr and "stopping" in proc.stdout
+
+
+def test_logs_are_ecs_json_lines_and_the_childs_output_passes_untouched() -> None:
+    proc = subprocess.run(
+        [PYTHON, "-m", "espm", "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 4"],
+        env=base_env(PM_HTTP_PORT="0", PM_LOG_LEVEL="info"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 4
+    assert proc.stdout == "to-stdout\n"
+    lines = proc.stderr.splitlines()
+    assert "to-stderr" in lines
+    records = [json.loads(line) for line in lines if line != "to-stderr"]
+    assert records
+    for record in records:
+        assert {"@timestamp", "log.level", "message", "ecs.version", "log.logger"} <= set(record)
+        assert record["@timestamp"].endswith("Z") and record["log.level"] in ("info", "warning", "error")
+    assert any(r["message"] == "process ended (exit 4)" and r["process.exit_code"] == 4 for r in records)
+
+
+def test_text_logs_for_people_and_the_level_filter() -> None:
+    proc = subprocess.run(
+        [PYTHON, "-m", "espm", "--", "sh", "-c", "exit 0"],
+        env=base_env(PM_HTTP_PORT="0", PM_LOG_FORMAT="text", PM_LOG_LEVEL="warning"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 0 and proc.stderr == ""  # nothing at warning level happened
+    proc = subprocess.run(
+        [PYTHON, "-m", "espm", "--", "sh", "-c", "exit 0"],
+        env=base_env(PM_HTTP_PORT="0", PM_LOG_FORMAT="text", PM_LOG_LEVEL="info"),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert " INFO    process ended (exit 0)" in proc.stderr and "{" not in proc.stderr

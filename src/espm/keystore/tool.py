@@ -118,6 +118,8 @@ class KeystoreTool:
         except asyncio.CancelledError:
             _kill_group(pid)
             reading.cancel()
+            # Collected, so that asyncio has no unretrieved exception to complain about.
+            await asyncio.gather(reading, return_exceptions=True)
             raise
         # Something the tool left running in its group may hold the pipes open: while one does,
         # the group id stays in use, so killing it cannot hit a stranger.

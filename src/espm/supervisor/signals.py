@@ -112,6 +112,8 @@ class SignalForwarder:
     def _read_signalfd(self) -> None:
         from espm.supervisor.signalfd import read_signals
 
+        if self._signalfd < 0:
+            return  # detached already: a read scheduled before the loop's last turn
         me = os.getpid()
         for signum, sender in read_signals(self._signalfd):
             if sender == me:
