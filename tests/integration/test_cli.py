@@ -127,3 +127,20 @@ def test_text_logs_for_people_and_the_level_filter() -> None:
         timeout=20,
     )
     assert " INFO    process ended (exit 0)" in proc.stderr and "{" not in proc.stderr
+
+
+def test_the_demo_runs_end_to_end() -> None:
+    proc = subprocess.run(
+        [PYTHON, "-m", "espm", "demo", "--tool-delay", "0.1"],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert '"ready": true' in out
+    assert "keystore updated and secure settings reloaded in" in out
+    assert '"reloads": 2' in out and '"state": "stopped"' in out
+    assert "espm exited with 0" in out
+    assert "Traceback" not in proc.stderr
