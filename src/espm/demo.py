@@ -171,8 +171,11 @@ def main(argv: list[str]) -> int:
     ]
     if tls:
         es_command += ["--cert", str(tls[1]), "--key", str(tls[2])]
-    env = dict(os.environ)
+    # The demo's own settings, whatever the caller's environment says.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PM_", "KEYSTORE_", "STANDIN_"))}
     env.update(
+        PM_KEYSTORE_UPDATER="true",
+        PM_LOG_LEVEL="info",
         PM_PROC_CMD=" ".join(es_command),
         PM_HTTP_HOST="127.0.0.1",
         PM_HTTP_PORT=str(api_port),
