@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -90,6 +91,7 @@ def _run(argv: list[str], startup: StartupSignals) -> int:
         config = configure(argv, env)
         recorded = _recorded_state(config)
         tls = _tls(config)
+        listener = _listener(config)
     except ConfigError as err:
         print(f"espm: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -98,7 +100,7 @@ def _run(argv: list[str], startup: StartupSignals) -> int:
     logs.setup(config.log.level, config.log.format)
     from espm.manager import run
 
-    return run(config, startup, env, recorded, tls)
+    return run(config, startup, env, recorded, listener, tls)
 
 
 def _recorded_state(config: Config) -> ProcessState | None:
@@ -111,6 +113,22 @@ def _recorded_state(config: Config) -> ProcessState | None:
         return read_state_file(path)
     except StateFileError as err:
         raise ConfigError("PM_STATE_FILE", str(path), str(err)) from None
+
+
+def _listener(config: Config) -> socket.socket:
+    from espm.api.listener import open_listener
+
+    http = config.http
+    try:
+        return open_listener(http.host, http.port)
+    except socket.gaierror as err:
+        raise ConfigError(
+            "PM_HTTP_HOST", http.host, f"expected an address to listen on ({err.strerror})"
+        ) from None
+    except OSError as err:
+        raise ConfigError(
+            "PM_HTTP_PORT", str(http.port), f"cannot listen on {http.host}:{http.port} ({err.strerror})"
+        ) from None
 
 
 def _tls(config: Config) -> CertificateWatcher | None:

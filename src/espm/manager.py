@@ -23,6 +23,7 @@ from espm.supervisor.state import KEPT_DOWN, SIGNALLED, ProcessState
 
 if TYPE_CHECKING:
     import asyncio
+    import socket
 
     from espm.api.readiness import ReadinessProbe
     from espm.api.server import ApiServer
@@ -44,9 +45,11 @@ class Manager:
         forwarder: SignalForwarder,
         env: Mapping[str, str],
         recorded: ProcessState | None,
+        listener: socket.socket,
         tls: CertificateWatcher | None = None,
     ) -> None:
         self.config = config
+        self.listener = listener
         self.startup = startup
         self.forwarder = forwarder
         self.recorded = recorded
@@ -213,6 +216,7 @@ def run(
     startup: StartupSignals,
     env: Mapping[str, str],
     recorded: ProcessState | None,
+    listener: socket.socket,
     tls: CertificateWatcher | None = None,
 ) -> int:
     """Run the manager until it must exit; return its exit status."""
@@ -223,7 +227,7 @@ def run(
             set_child_subreaper()
         except OSError as err:
             log.warning("cannot become a child subreaper (%s): orphans will not be reaped", err.strerror)
-    manager = Manager(config, startup, forwarder, env, recorded, tls)
+    manager = Manager(config, startup, forwarder, env, recorded, listener, tls)
     startup.unblock()
     started = False
     if not config.keystore.enabled and not manager.kept_down:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, base_env
+from tests.conftest import PYTHON, base_env, free_port
 
 
 def run_espm(tmp_path: Path, args: list[str] | None = None, **env: str) -> tuple[int, str, Path]:
@@ -86,6 +86,30 @@ def test_bad_variable_exits_2_with_one_line_and_starts_nothing(tmp_path, env, me
     assert message in stderr
     assert stderr.startswith("espm: ")
     assert not marker.exists()
+
+
+def test_a_port_in_use_stops_the_manager_before_it_starts_anything(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr, marker = run_espm(tmp_path, PM_HTTP_PORT=str(port))
+    assert code == 2 and not marker.exists()
+    assert f"PM_HTTP_PORT='{port}': cannot listen on 127.0.0.1:{port} (Address already in use)" in stderr
+
+
+def test_an_address_that_cannot_be_listened_on(tmp_path) -> None:
+    code, stderr, marker = run_espm(tmp_path, PM_HTTP_HOST="no-such-host.invalid")
+    assert code == 2 and not marker.exists()
+    assert stderr.startswith("espm: PM_HTTP_HOST='no-such-host.invalid': expected an address to listen on")
+
+
+def test_ipv6_any_address_also_takes_ipv4(espm) -> None:
+    m = espm(["sleep", "30"], env=base_env(PM_HTTP_HOST="::", PM_HTTP_PORT=str(free_port())))
+    m.wait_api()
+    assert m.request("GET", "/health")[0] == 200  # over 127.0.0.1
 
 
 def test_flag_errors_name_the_variable_too(tmp_path) -> None:

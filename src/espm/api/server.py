@@ -296,15 +296,12 @@ class ApiServer:
             self._certificates = self.manager.tls
             assert self._certificates is not None
             context = self._certificates.context
-        host: str | None = self.config.host
         self._server = await loop.create_server(
             lambda: Connection(self),
-            host=None if host in ("", "*") else host,
-            port=self.config.port,
+            sock=self.manager.listener,
             ssl=context,
             ssl_handshake_timeout=REQUEST_TIMEOUT if context else None,
             backlog=MAX_CONNECTIONS,
-            reuse_address=True,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
