@@ -44,7 +44,11 @@ class ReadinessProbe:
                 reason = f"Elasticsearch answered GET / with HTTP {answer.status}"
         except Unreachable as err:
             reason = f"Elasticsearch is not reachable: {err}"
+        except Exception as err:
+            # Whatever went wrong, the next probe must get a fresh check, not this one forever.
+            reason = f"the readiness check failed: {type(err).__name__}: {err}"
+        finally:
+            self._inflight = None
         self._reason = reason
         self._checked_at = time.monotonic()
-        self._inflight = None
         return reason

@@ -422,11 +422,17 @@ class KeystoreUpdater:
             try:
                 await self._reload()
                 self.reload_failures = 0
+                continue
             except UpdateError as err:
-                self.reload_failures += 1
-                self._set_reload_state("failed", f"Failed to reload secure settings: {err}")
-                self._reload_needed.set()
-                await asyncio.sleep(backoff(self.reload_failures))
+                reason = str(err)
+            except Exception as err:
+                # Unforeseen: said, and retried like any failure; the loop must not die of it.
+                log.error("reload failed unexpectedly", exc_info=True)
+                reason = f"unexpected {type(err).__name__}"
+            self.reload_failures += 1
+            self._set_reload_state("failed", f"Failed to reload secure settings: {reason}")
+            self._reload_needed.set()
+            await asyncio.sleep(backoff(self.reload_failures))
 
     async def _wait_for_elasticsearch(self) -> None:
         assert self._client is not None
