@@ -66,6 +66,7 @@ class Manager:
         self._exit: asyncio.Future[int] | None = None
         self._early_exit: int | None = None  # decided before the loop ran
         self._terminating = False
+        self.building = False  # the first keystore build is under way: no start yet
 
     @property
     def readiness(self) -> ReadinessProbe:
@@ -150,12 +151,20 @@ class Manager:
         self.reaper.install(loop)
         self.forwarder.attach(loop, self._signal_seen)
         try:
+            if self.config.keystore.enabled:
+                from espm.keystore.updater import KeystoreUpdater
+
+                self.updater = KeystoreUpdater(self.config.keystore, self.reaper, self.startup)
+            if not self._exit.done():
+                # Before the first keystore build, not after: a long one (minutes with a 6.x
+                # tool and many secrets) must not fail the liveness probes meanwhile.
+                await self._start_api()
             if not started and not self._exit.done():
                 code = await self._first_start()
                 if code is not None:
                     return code
-            if not self._exit.done():
-                await self._start_services()
+            if self.updater is not None and not self._exit.done():
+                self.updater.start_watching()
             return await self._exit
         finally:
             await self._shutdown()
@@ -169,13 +178,14 @@ class Manager:
         import asyncio
 
         assert self._exit is not None
-        if self.config.keystore.enabled:
-            from espm.keystore.updater import KeystoreUpdater
-
-            self.updater = KeystoreUpdater(self.config.keystore, self.reaper, self.startup)
+        if self.updater is not None:
+            self.building = True
             build: asyncio.Future[Any] = asyncio.ensure_future(self.updater.initial_build())
             exiting: asyncio.Future[Any] = self._exit
-            await asyncio.wait([build, exiting], return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait([build, exiting], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.building = False
             if self._exit.done():
                 build.cancel()
                 return self._exit.result()
@@ -191,13 +201,11 @@ class Manager:
             return self.process.exit_code or 1
         return None
 
-    async def _start_services(self) -> None:
+    async def _start_api(self) -> None:
         from espm.api.server import ApiServer
 
         self.api = ApiServer(self)
         await self.api.start()
-        if self.updater is not None:
-            self.updater.start_watching()
 
     async def _shutdown(self) -> None:
         if self.api is not None:

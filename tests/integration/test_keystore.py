@@ -65,8 +65,10 @@ def launch_es(tmp_path: Path, pki: Pki) -> Iterator[EsLauncher]:
 
 
 def start(espm: Any, env: dict[str, str], command: list[str] | None = None) -> Any:
+    """A manager whose first build is done and whose watch is on (the API comes up before)."""
     manager = espm(command or CHILD, env=env)
     manager.wait_api()
+    manager.wait_log("watching .* for changes")
     return manager
 
 
@@ -313,7 +315,8 @@ def test_status_fields(espm: Any, ks: KeystoreSetup) -> None:
 
 
 def test_keystore_status_is_404_when_the_updater_is_off(espm: Any, ks: KeystoreSetup) -> None:
-    manager = start(espm, ks.env(PM_KEYSTORE_UPDATER="false"))
+    manager = espm(CHILD, env=ks.env(PM_KEYSTORE_UPDATER="false"))
+    manager.wait_api()
     code, doc, _ = manager.request("GET", "/keystore/status")
     assert code == 404 and "error" in doc
     assert ks.runs() == []

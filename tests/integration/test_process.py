@@ -212,6 +212,40 @@ def test_state_file_recording_a_crash_starts_the_process(espm, tmp_path) -> None
     assert m.readline() == "up"
 
 
+def slow_updater_env(tmp_path, delay: str) -> dict[str, str]:
+    import sys
+
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "a.setting").write_text("x")
+    tool = tmp_path / "elasticsearch-keystore"
+    tool.write_text(f'#!/bin/sh\nexec {sys.executable} -m espm.standins.keystore_tool "$@"\n')
+    tool.chmod(0o755)
+    return env(
+        PM_KEYSTORE_UPDATER="true",
+        KEYSTORE_SOURCE_DIR=str(secrets),
+        KEYSTORE_BINARY=str(tool),
+        KEYSTORE_PATH=str(tmp_path / "elasticsearch.keystore"),
+        STANDIN_KEYSTORE_DELAY=delay,
+    )
+
+
+def test_the_api_answers_during_a_long_first_keystore_build(espm, tmp_path) -> None:
+    marker = tmp_path / "started"
+    m = espm(["sh", "-c", f"touch {marker}; exec sleep 60"], env=slow_updater_env(tmp_path, "2"))
+    m.wait_api()
+    assert m.request("GET", "/health")[0] == 200  # liveness probes pass meanwhile
+    code, doc, _ = m.request("GET", "/keystore/status")
+    assert code == 200 and (doc["state"], doc["reason"]) == ("notInitialized", "Keystore updater created")
+    # An operator's start cannot get ahead of the keystore.
+    code, doc, _ = m.request("POST", "/es/start")
+    assert code == 500 and doc["state"] == "notInitialized" and "keystore is being built" in doc["error"]
+    assert not marker.exists()
+    wait_for(marker.exists, timeout=10)
+    assert m.status()["state"] == "started" and m.status()["starts"] == 1
+    assert m.request("GET", "/keystore/status")[1]["reason"] == "Keystore updated"
+
+
 def test_sigterm_during_the_first_keystore_build_exits_zero_without_starting(espm, tmp_path) -> None:
     # A slow keystore tool (a JVM start of 3 s) keeps the manager in its first build.
     import sys

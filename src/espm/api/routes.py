@@ -135,6 +135,11 @@ class Router:
         return Response(code, self.process.status_json())
 
     def start(self, request: Request) -> Response:
+        if self.manager.building:
+            # Elasticsearch must start with its secure settings: it starts when the build ends.
+            return self._answer(
+                Outcome(error="the keystore is being built; the process starts after"), frozenset()
+            )
         return self._answer(self.process.start(), frozenset())
 
     def stop(self, request: Request) -> Response:

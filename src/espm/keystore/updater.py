@@ -162,6 +162,11 @@ class KeystoreUpdater:
         loop = asyncio.get_running_loop()
         self._watch = FolderWatch(self.config.source_dir)
         loop.add_reader(self._watch.fd, self._on_folder_event)
+        log.info(
+            "watching %s for changes",
+            self.config.source_dir,
+            extra={"file.directory": str(self.config.source_dir)},
+        )
         self._tasks.append(asyncio.ensure_future(self._watch_loop()))
         if not self.update_failures:
             # A change between the initial build and now had no watch to see it: look once.
