@@ -19,8 +19,8 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 import traceback
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
