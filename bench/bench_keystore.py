@@ -576,9 +576,9 @@ def run(ctx: Context) -> Result:
     logs = [g["logged_s"] for g in samples["espm"][top] if len(g["logged_s"]) >= 2]
     if logs:
         res.notes.append(
-            f"espm {top}, medians: tool run 1 logged at {median([x[0] for x in logs]):.3f} s (debounce: "
-            f"0.1 s of quiet, restarted by the swap's trailing events; snapshot, work folder, spawn, "
-            f"the stand-in's start), run 2 at {median([x[1] for x in logs]):.3f} s, keystore in place "
+            f"espm {top}, medians: tool run 1 logged at {median([x[0] for x in logs]):.3f} s (the ..data "
+            f"swap starts the update at once; then snapshot, value files, spawn, the stand-in's "
+            f"start), run 2 at {median([x[1] for x in logs]):.3f} s, keystore in place "
             f"at {figures['espm'][top]['keystore_s']:.3f} s, "
             f"reload at {figures['espm'][top]['reload_s']:.3f} s"
         )
