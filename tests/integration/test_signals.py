@@ -126,3 +126,50 @@ def test_a_default_fatal_signal_during_start_up_does_not_kill_espm(espm) -> None
     assert m.proc.poll() is None
     m.read_logs(0.2)
     assert any("SIGUSR1" in str(r.get("message")) for r in m.logs)
+
+
+def test_a_sigpipe_espm_raises_on_itself_is_not_forwarded(tmp_path) -> None:
+    # espm's stderr is a pipe whose reader goes away: its next log line fails with EPIPE, and
+    # the kernel raises SIGPIPE on espm itself. That one is espm's business, not the child's
+    # (forwarded, it would come back as another log line, another EPIPE: a storm). A SIGPIPE
+    # sent by someone else is still forwarded.
+    import http.client
+    import subprocess
+
+    from tests.conftest import PYTHON, base_env, free_port
+
+    port = free_port()
+    manager = subprocess.Popen(
+        [PYTHON, "-m", "espm", "--", PYTHON, fixture("sigrecorder.py")],
+        env=base_env(PM_HTTP_PORT=str(port), PM_LOG_LEVEL="debug"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    def loop_turn() -> None:
+        """An answer from the API: the loop has run what was queued before (the logging)."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200
+        conn.close()
+
+    try:
+        assert manager.stdout is not None and manager.stderr is not None
+        assert manager.stdout.readline() == b"child ready\n"
+        while b"API listening" not in manager.stderr.readline():
+            pass
+        manager.stderr.close()  # nobody reads espm's logs any more
+        for _ in range(3):
+            os.kill(manager.pid, signal.SIGUSR1)  # forwarded, then logged: EPIPE, SIGPIPE on espm
+            assert manager.stdout.readline() == b"child SIGUSR1\n"
+            loop_turn()
+        time.sleep(0.1)
+        os.kill(manager.pid, signal.SIGUSR2)
+        # Had espm forwarded its own SIGPIPEs, the child would have reported them first.
+        assert manager.stdout.readline() == b"child SIGUSR2\n"
+        os.kill(manager.pid, signal.SIGPIPE)  # someone else's: forwarded
+        assert manager.stdout.readline() == b"child SIGPIPE\n"
+        assert manager.poll() is None
+    finally:
+        manager.kill()
+        manager.wait()
