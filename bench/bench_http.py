@@ -14,7 +14,6 @@ ordinary process (noted).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -35,9 +34,9 @@ from harness import (
     Result,
     Row,
     Running,
-    descendants,
     espm_env,
     free_port,
+    kill_tree,
     listening,
     summary,
     wait_for,
@@ -233,10 +232,7 @@ def _supervisord() -> Load:
             out = _load(url, script)
             return Load(parse_wrk(out), out)
         finally:
-            for pid in reversed([proc.pid, *descendants(proc.pid)]):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            proc.wait(5)
+            kill_tree(proc)
 
 
 def run(ctx: Context) -> Result:

@@ -39,7 +39,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -55,9 +54,9 @@ from harness import (
     Context,
     Result,
     Row,
-    descendants,
     espm_env,
     free_port,
+    kill_tree,
     median,
     running,
     wait_for,
@@ -232,11 +231,7 @@ def standin_es(folders: Folders) -> Iterator[Http]:
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:
-    for pid in reversed([proc.pid, *descendants(proc.pid)]):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
+    kill_tree(proc)
 
 
 def reload_count(es: Http) -> int:

@@ -10,9 +10,7 @@ and waits for it.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,10 +22,10 @@ from harness import (
     Result,
     Row,
     children,
-    descendants,
     espm_env,
     free_port,
     kib,
+    kill_tree,
     listening,
     manager_argv,
     proc_status,
@@ -84,10 +82,7 @@ def _measure(argv: list[str], env: dict[str, str], port: int | None) -> dict[str
             "threads": int(status["Threads"]),
         }
     finally:
-        for pid in reversed([proc.pid, *descendants(proc.pid)]):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(5)
+        kill_tree(proc)
 
 
 def run(ctx: Context) -> Result:

@@ -24,6 +24,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# The /proc helpers are shared with the tests.
+sys.path.insert(0, str(ROOT))
+from tests.proctree import children as children  # noqa: E402 (re-exported)
+from tests.proctree import descendants as descendants  # noqa: E402
+from tests.proctree import proc_state as proc_state  # noqa: E402
+
 PYTHON = sys.executable
 TINI = shutil.which("tini") or "/usr/bin/tini"
 DUMB_INIT = shutil.which("dumb-init") or "/usr/bin/dumb-init"
@@ -100,35 +106,13 @@ def manager_argv(name: str, child: Sequence[str], pid1: bool) -> list[str]:
 # -- /proc ------------------------------------------------------------------------------------
 
 
-def children(pid: int) -> list[int]:
-    """The children of `pid` (every thread's), zombies included, from /proc."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
-            found += [int(p) for p in f.read().split()]
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children(todo.pop()):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
+def kill_tree(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a process and everything below it (deepest first), then reap it."""
+    for pid in reversed([proc.pid, *descendants(proc.pid)]):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.proctree import children, descendants, proc_state  # noqa: F401 (re-exported)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 PYTHON = sys.executable
 
@@ -45,34 +47,6 @@ def base_env(**overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(p) for p in f.read().split()]
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`, from /proc."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in _children(todo.pop()):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
 
 
 class Espm:
@@ -118,7 +92,7 @@ class Espm:
             return self.proc.pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            kids = _children(self.proc.pid)
+            kids = children(self.proc.pid)
             if kids:
                 return kids[0]
             time.sleep(0.005)
