@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import http.client
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +59,8 @@ from harness import (
     running,
     wait_for,
 )
+
+from espm.standins.secret import SecretVolume
 
 NAME = "keystore"
 SIZES = (1, 10, 100)
@@ -90,40 +90,6 @@ def new_values(names: list[str], generation: int) -> dict[str, bytes]:
 # -- the Secret folder, as the kubelet writes it ----------------------------------------------------
 
 
-class SecretDir:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.mkdir()
-        self.serial = 0
-
-    def write(self, values: Mapping[str, bytes]) -> int:
-        """Replace the whole content; returns CLOCK_MONOTONIC (ns) just before the `..data` swap."""
-        self.serial += 1
-        now = dt.datetime.now(dt.UTC)
-        stamp = f"..{now:%Y_%m_%d_%H_%M_%S}.{self.serial:09d}"
-        folder = self.path / stamp
-        folder.mkdir()
-        for name, value in values.items():
-            (folder / name).write_bytes(value)
-        try:
-            old: str | None = os.readlink(self.path / "..data")
-        except FileNotFoundError:
-            old = None
-        tmp_link = self.path / "..data_tmp"
-        tmp_link.symlink_to(stamp)
-        t0 = time.monotonic_ns()
-        os.rename(tmp_link, self.path / "..data")
-        visible = {n for n in os.listdir(self.path) if not n.startswith(".")}
-        for name in values:
-            if name not in visible:
-                (self.path / name).symlink_to(f"..data/{name}")
-        for name in visible - set(values):
-            (self.path / name).unlink()
-        if old is not None:
-            shutil.rmtree(self.path / old)
-        return t0
-
-
 # -- the stand-ins ------------------------------------------------------------------------------------
 
 
@@ -132,7 +98,7 @@ class Folders:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.secrets = SecretDir(root / "secrets")
+        self.secrets = SecretVolume(root / "secrets")
         self.conf = root / "config"
         self.conf.mkdir()
         (root / "bin").mkdir()

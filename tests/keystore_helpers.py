@@ -11,14 +11,11 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 import pytest
 
 from espm.standins.keystore_tool import parse_keystore
+from espm.standins.secret import SecretVolume
 from tests.certs import CA
 from tests.conftest import PYTHON, base_env, free_port
 
@@ -38,45 +36,8 @@ WORK_PREFIX = ".espm-keystore-"
 # --- the Secret folder ----------------------------------------------------------------------
 
 
-class SecretDir:
-    """A Secret volume as the kubelet's AtomicWriter writes it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-        self._serial = 0
-
-    def _data_target(self) -> str | None:
-        try:
-            return os.readlink(self.path / "..data")
-        except FileNotFoundError:
-            return None
-
-    def visible(self) -> set[str]:
-        return {name for name in os.listdir(self.path) if not name.startswith(".")}
-
-    def write(self, values: Mapping[str, bytes | str]) -> None:
-        """Replace the whole content: new timestamped folder, `..data` swapped by a rename."""
-        self._serial += 1
-        now = dt.datetime.now(dt.UTC)
-        stamp = f"..{now:%Y_%m_%d_%H_%M_%S}.{self._serial:09d}"
-        folder = self.path / stamp
-        folder.mkdir()
-        for name, value in values.items():
-            data = value.encode() if isinstance(value, str) else value
-            (folder / name).write_bytes(data)
-        old = self._data_target()
-        tmp_link = self.path / "..data_tmp"
-        tmp_link.symlink_to(stamp)
-        os.rename(tmp_link, self.path / "..data")
-        for name in values:
-            link = self.path / name
-            if not link.is_symlink():
-                link.symlink_to(f"..data/{name}")
-        for name in self.visible() - set(values):
-            (self.path / name).unlink()
-        if old is not None:
-            shutil.rmtree(self.path / old)
+class SecretDir(SecretVolume):
+    """The Secret volume, plus a touch that changes nothing but the timestamps."""
 
     def touch(self) -> None:
         """Touch every visible name and its target: events, but no change of content."""

@@ -22,32 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from espm.standins.secret import SecretVolume
+
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _swap_secret(secrets: Path, values: dict[str, str]) -> None:
-    """Update the Secret as the kubelet does: a new folder, then `..data` renamed over."""
-    stamp = f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
-    folder = secrets / stamp
-    folder.mkdir()
-    for name, value in values.items():
-        (folder / name).write_text(value)
-    old = os.readlink(secrets / "..data") if (secrets / "..data").is_symlink() else None
-    os.symlink(stamp, secrets / "..data_tmp")
-    os.rename(secrets / "..data_tmp", secrets / "..data")
-    for name in values:
-        link = secrets / name
-        if not link.is_symlink():
-            os.symlink(f"..data/{name}", link)
-    for entry in secrets.iterdir():
-        if not entry.name.startswith(".") and entry.name not in values:
-            entry.unlink()
-    if old:
-        shutil.rmtree(secrets / old, ignore_errors=True)
 
 
 def _certificates(folder: Path) -> tuple[Path, Path, Path] | None:
@@ -143,9 +124,9 @@ def main(argv: list[str]) -> int:
     secrets, config, bin_dir, certs = (root / n for n in ("secrets", "config", "bin", "certs"))
     for folder in (secrets, config, bin_dir, certs):
         folder.mkdir()
-    _swap_secret(
-        secrets,
-        {"s3.client.default.access_key": "AKIA-DEMO-1", "s3.client.default.secret_key": "demo-secret-1"},
+    secret = SecretVolume(secrets)
+    secret.write(
+        {"s3.client.default.access_key": "AKIA-DEMO-1", "s3.client.default.secret_key": "demo-secret-1"}
     )
     (config / "elasticsearch.yml").write_text("cluster.name: espm-demo\n")
     tool = bin_dir / "elasticsearch-keystore"
@@ -207,7 +188,7 @@ def main(argv: list[str]) -> int:
         )
         tour.say("Rotating the Secret the way Kubernetes does (..data swapped), one secret removed")
         started = time.monotonic()
-        _swap_secret(secrets, {"s3.client.default.access_key": "AKIA-DEMO-2"})
+        secret.write({"s3.client.default.access_key": "AKIA-DEMO-2"})
         doc = tour.until("the reload", "GET", "/keystore/status", lambda s, d: d["reloads"] >= 2)
         tour.say(f"keystore updated and secure settings reloaded in {time.monotonic() - started:.2f}s", doc)
         tour.say("POST /es/stop", tour.call("POST", "/es/stop")[1])

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 from espm.keystore.source import SourceError, read_snapshot
-
-
-def kubernetes_layout(root: Path, version: str, values: dict[str, bytes], links: bool = True) -> None:
-    folder = root / f"..{version}"
-    folder.mkdir()
-    for name, value in values.items():
-        (folder / name).write_bytes(value)
-    os.symlink(folder.name, root / "..data_tmp")
-    os.rename(root / "..data_tmp", root / "..data")
-    if links:
-        for name in values:
-            if not (root / name).is_symlink():
-                os.symlink(f"..data/{name}", root / name)
+from espm.standins.secret import SecretVolume
 
 
 def test_values_are_exact_bytes_and_hidden_names_are_skipped(tmp_path) -> None:
-    kubernetes_layout(tmp_path, "2026_01", {"a.b": b"\x00\xff\n", "empty": b"", "bad name": b"x"})
+    SecretVolume(tmp_path).write({"a.b": b"\x00\xff\n", "empty": b"", "bad name": b"x"})
     (tmp_path / ".hidden").write_bytes(b"x")
     snap = read_snapshot(tmp_path)
     assert snap.values == {"a.b": b"\x00\xff\n", "empty": b""}
@@ -32,10 +19,11 @@ def test_values_are_exact_bytes_and_hidden_names_are_skipped(tmp_path) -> None:
 
 
 def test_the_new_version_is_read_as_soon_as_data_is_swapped(tmp_path) -> None:
-    kubernetes_layout(tmp_path, "v1", {"old": b"1", "kept": b"1"})
+    volume = SecretVolume(tmp_path)
+    volume.write({"old": b"1", "kept": b"1"})
     before = read_snapshot(tmp_path)
     # The swap is done, the visible links are not fixed yet: `new` has no link, `old` dangles.
-    kubernetes_layout(tmp_path, "v2", {"kept": b"2", "new": b"2"}, links=False)
+    volume.write({"kept": b"2", "new": b"2"}, links=False)
     after = read_snapshot(tmp_path)
     assert after.values == {"kept": b"2", "new": b"2"}
     assert after.fingerprint() != before.fingerprint()
