@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import os
 import sys
 import time
 import traceback
@@ -32,6 +33,22 @@ def _proc_status() -> dict[str, int]:
     except OSError:
         pass
     return found
+
+
+def _runtime() -> dict[str, int | None]:
+    """What a leak would grow: open descriptors, OS threads and asyncio tasks of the manager."""
+
+    def count(folder: str) -> int | None:
+        try:
+            return len(os.listdir(folder))
+        except OSError:
+            return None
+
+    return {
+        "open_fds": count("/proc/self/fd"),
+        "threads": count("/proc/self/task"),
+        "asyncio_tasks": len(asyncio.all_tasks()),
+    }
 
 
 def _cmdline() -> list[str]:
@@ -87,6 +104,7 @@ class DebugEndpoints:
             },
             "process": self.manager.process.status(),
             "counters": self.counters(),
+            "runtime": _runtime(),
         }
         if self.manager.updater is not None:
             doc["keystore"] = self.manager.updater.status()
