@@ -357,17 +357,18 @@ class FaultProxy:
         self._wrong.load_cert_chain(*wrong)
         self._loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._listener: socket.socket
+        self._acceptor: Any = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._rng = random.Random(7)
 
     def start(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
         self._thread.start()
-        server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, "127.0.0.1", 0, limit=1 << 20), self._loop
-        ).result(10)
-        self._server = server
-        self.port = server.sockets[0].getsockname()[1]
+        self._acceptor = asyncio.run_coroutine_threadsafe(self._accept_loop(), self._loop)
 
     def drop_all(self) -> None:
         """Abort every fault connection (at the end: espm's waits end now, not after its timeouts)."""
@@ -380,29 +381,47 @@ class FaultProxy:
 
     def close(self) -> None:
         async def shut() -> None:
-            self._server.close()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+        self._acceptor.cancel()
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._listener.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        mode = self.mode
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self._listener)
+            task = loop.create_task(self._accept(conn, self.mode))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, conn: socket.socket, mode: str) -> None:
+        # The TLS handshake is made on the accepted socket itself (not by start_tls on a stream,
+        # whose reader may already hold the ClientHello).
         self.connections[mode] = self.connections.get(mode, 0) + 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        loop = asyncio.get_running_loop()
+        context = None if mode == "ok" else self._wrong if mode == "wrong-ca" else self._good
+        reader = asyncio.StreamReader(limit=1 << 20)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=context, ssl_handshake_timeout=10
+            )
+        except (OSError, ssl.SSLError, TimeoutError):
+            conn.close()
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         self._writers.add(writer)
         try:
             await asyncio.wait_for(self._serve(mode, reader, writer), FAULT_HOLD)
         except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
-            self._tasks.discard(task)
             self._writers.discard(writer)
             writer.transport.abort()
 
@@ -410,7 +429,6 @@ class FaultProxy:
         if mode == "ok":
             await self._pipe(reader, writer)
             return
-        await writer.start_tls(self._wrong if mode == "wrong-ca" else self._good, ssl_handshake_timeout=10)
         variant = self._rng.randrange(3)
         if mode == "reset" and variant == 0:
             return self._reset(writer)
@@ -425,6 +443,8 @@ class FaultProxy:
             if variant == 0:
                 # Drips a head, one byte a second: every read returns something, none completes.
                 for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Drip: " + b"x" * 200:
+                    if writer.transport.is_closing():
+                        return
                     writer.write(bytes([byte]))
                     await writer.drain()
                     await asyncio.sleep(1)
@@ -459,7 +479,8 @@ class FaultProxy:
         piece = b'{"name": "' + b"x" * 65536
         data = (f"{len(piece):x}\r\n".encode() + piece + b"\r\n") if chunked else piece
         sent = 0
-        while sent < ENDLESS_CAP:
+        # drain() does not raise once the peer is gone: the transport says so.
+        while sent < ENDLESS_CAP and not writer.transport.is_closing():
             writer.write(data)
             await writer.drain()
             sent += len(data)
@@ -1156,6 +1177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
+    def terminated(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # the cleanup below runs: espm and its children are killed
+
+    signal.signal(signal.SIGTERM, terminated)
     root = Path(tempfile.mkdtemp(prefix="espm-soak-"))
     soak = Soak(plan, root, log, pprof=args.pprof)
     try:
