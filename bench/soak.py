@@ -410,7 +410,7 @@ class FaultProxy:
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
             transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, conn, ssl=context, ssl_handshake_timeout=10
+                lambda: protocol, conn, ssl=context, ssl_handshake_timeout=10 if context else None
             )
         except (OSError, ssl.SSLError, TimeoutError):
             conn.close()

@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -213,7 +214,22 @@ def test_fault_proxy_modes_misbehave_as_named(pki: dict[str, tuple[Path, Path]])
     proxy.start()
     get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
     reload = b"POST /_nodes/_local/reload_secure_settings HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+    def answer() -> None:
+        # The node behind the proxy in "ok" mode: TLS end to end, the proxy only passes bytes.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*pki["good"])
+        conn, _ = upstream.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(65536)
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    node = threading.Thread(target=answer)
+    node.start()
     try:
+        got, end = fetch(proxy.port, pki["ca"][0], get)
+        assert end == "eof" and got.endswith(b"\r\n\r\n{}")
+        node.join(5)
         proxy.mode = "wrong-ca"
         assert fetch(proxy.port, pki["ca"][0], get)[1] == "bad-certificate"
         proxy.mode = "endless"
