@@ -343,6 +343,12 @@ FAULT_HOLD = 120.0  # the longest any fault connection lives
 ENDLESS_CAP = 256 * MIB
 
 
+def _gone(writer: asyncio.StreamWriter) -> bool:
+    """The peer is gone. (Over TLS, drain() does not say so: the SSL layer keeps taking writes.)"""
+    sock = writer.get_extra_info("socket")
+    return writer.transport.is_closing() or sock is None or sock.fileno() == -1
+
+
 class FaultProxy:
     """A loopback server in front of the stand-in Elasticsearch that misbehaves by phase."""
 
@@ -369,6 +375,10 @@ class FaultProxy:
         self.port = self._listener.getsockname()[1]
         self._thread.start()
         self._acceptor = asyncio.run_coroutine_threadsafe(self._accept_loop(), self._loop)
+
+    def active(self) -> int:
+        """Connections being served now."""
+        return len(self._tasks)
 
     def drop_all(self) -> None:
         """Abort every fault connection (at the end: espm's waits end now, not after its timeouts)."""
@@ -443,7 +453,7 @@ class FaultProxy:
             if variant == 0:
                 # Drips a head, one byte a second: every read returns something, none completes.
                 for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Drip: " + b"x" * 200:
-                    if writer.transport.is_closing():
+                    if _gone(writer):
                         return
                     writer.write(bytes([byte]))
                     await writer.drain()
@@ -479,8 +489,7 @@ class FaultProxy:
         piece = b'{"name": "' + b"x" * 65536
         data = (f"{len(piece):x}\r\n".encode() + piece + b"\r\n") if chunked else piece
         sent = 0
-        # drain() does not raise once the peer is gone: the transport says so.
-        while sent < ENDLESS_CAP and not writer.transport.is_closing():
+        while sent < ENDLESS_CAP and not _gone(writer):
             writer.write(data)
             await writer.drain()
             sent += len(data)

@@ -235,6 +235,11 @@ def test_fault_proxy_modes_misbehave_as_named(pki: dict[str, tuple[Path, Path]])
         proxy.mode = "endless"
         got, end = fetch(proxy.port, pki["ca"][0], get)
         assert end == "limit" and got.startswith(b"HTTP/1.1 200 OK")
+        # Once the client hung up, the endless writer stops (it does not write into the void).
+        deadline = time.monotonic() + 3
+        while proxy.active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.active() == 0
         proxy.mode = "reset"
         assert {fetch(proxy.port, pki["ca"][0], get)[1] for _ in range(6)} == {"reset"}
         proxy.mode = "bad-json"
