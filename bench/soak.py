@@ -356,6 +356,7 @@ class FaultProxy:
         self.upstream = upstream
         self.mode = "ok"
         self.connections: dict[str, int] = {}
+        self.streamed = 0  # bytes of endless bodies written
         self.port = 0
         self._good = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._good.load_cert_chain(*good)
@@ -481,8 +482,7 @@ class FaultProxy:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
 
-    @staticmethod
-    async def _endless(writer: asyncio.StreamWriter, chunked: bool) -> None:
+    async def _endless(self, writer: asyncio.StreamWriter, chunked: bool) -> None:
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
         head += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Connection: close\r\n\r\n"
         writer.write(head)
@@ -492,7 +492,11 @@ class FaultProxy:
         while sent < ENDLESS_CAP and not _gone(writer):
             writer.write(data)
             await writer.drain()
+            # drain() returns at once while the transport takes more: yield, so that the loss of
+            # the connection (a callback) can be seen.
+            await asyncio.sleep(0)
             sent += len(data)
+            self.streamed += len(data)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

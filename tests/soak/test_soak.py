@@ -239,7 +239,7 @@ def test_fault_proxy_modes_misbehave_as_named(pki: dict[str, tuple[Path, Path]])
         deadline = time.monotonic() + 3
         while proxy.active() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert proxy.active() == 0
+        assert proxy.active() == 0 and proxy.streamed < 32 * 1024 * 1024
         proxy.mode = "reset"
         assert {fetch(proxy.port, pki["ca"][0], get)[1] for _ in range(6)} == {"reset"}
         proxy.mode = "bad-json"
