@@ -189,6 +189,21 @@ def test_debug_vars(espm) -> None:
     )
     assert doc["process"]["state"] == "started" and doc["counters"]["http_requests"] >= 4
     assert doc["uptime_seconds"] > 0 and "espm" in " ".join(doc["cmdline"])
+    # What the soak counts leaks by: one more connection held open is one more descriptor.
+    assert doc["runtime"]["threads"] >= 1 and doc["runtime"]["asyncio_tasks"] >= 1
+
+    def fds() -> int:
+        return int(m.request("GET", "/debug/vars")[1]["runtime"]["open_fds"])
+
+    time.sleep(0.3)  # the earlier connections' ends reached espm
+    before = fds()
+    with socket.create_connection(("127.0.0.1", m.port)) as held:
+        held.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        held.recv(4096)
+        deadline = time.monotonic() + 2
+        while fds() != before + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fds() == before + 1
     assert set(doc["counters"]) >= {
         "signals_forwarded",
         "zombies_reaped",
