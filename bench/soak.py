@@ -637,11 +637,12 @@ class Plan:
     storm_every: float
     swap_every: float
     seed: int
+    phases: tuple[str, ...] = PHASES
 
     @classmethod
-    def for_duration(cls, seconds: float, seed: int) -> Plan:
+    def for_duration(cls, seconds: float, seed: int, phases: Sequence[str] = PHASES) -> Plan:
         phase = min(20.0, max(3.5, seconds / 15))
-        warmup = max(20.0, len(PHASES) * phase, min(300.0, seconds / 3))
+        warmup = max(20.0, len(phases) * phase, min(300.0, seconds / 3))
         return cls(
             seconds=seconds,
             warmup=min(warmup, seconds / 2),
@@ -652,6 +653,7 @@ class Plan:
             storm_every=3.0 if seconds <= 300 else 6.0,
             swap_every=1.0 if seconds <= 300 else 2.0,
             seed=seed,
+            phases=tuple(phases),
         )
 
 
@@ -988,7 +990,7 @@ class Soak:
                     break
                 if self.now() >= next_phase:
                     phase_index += 1
-                    self.proxy.mode = PHASES[phase_index % len(PHASES)]
+                    self.proxy.mode = plan.phases[phase_index % len(plan.phases)]
                     next_phase += plan.phase
                 time.sleep(0.1)
         finally:
@@ -1164,6 +1166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=float, help="seconds not counted in the RSS growth (default: scaled)"
     )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="the Elasticsearch phases, in turn (default: all; `ok` alone: no faults)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the traffic, churn and faults")
     parser.add_argument("--json", type=Path, help="also save the samples, counts and checks here")
     parser.add_argument(
@@ -1180,7 +1187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if seconds < 30:
         parser.error("a soak needs at least 30 seconds")
-    plan = Plan.for_duration(seconds, args.seed)
+    phases = [p for p in args.phases.split(",") if p]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown or not phases:
+        parser.error(f"--phases: unknown {unknown}; choose from {', '.join(PHASES)}")
+    plan = Plan.for_duration(seconds, args.seed, phases)
     if args.warmup is not None:
         plan.warmup = args.warmup
     if shutil.which("openssl") is None:
