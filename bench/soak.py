@@ -63,6 +63,7 @@ MIB = 1024 * 1024
 RSS_LIMIT_MIB = 2.0
 ROLLING = 5
 CLIENT_TIMEOUT = 10.0  # a request not answered within this is "unanswered" (espm's own slow-client cutoff)
+HUNG_AFTER = 60.0  # no request answered for this long: espm is hung, the run ends early
 SETTLE_SECONDS = 45.0  # after the traffic: time for espm's own timeouts (ES request 30 s) to run out
 KEYSTORE_WAIT = 90.0  # after the last swap: the update, and a reload past a capped backoff (60 s)
 FD_TOLERANCE = 0
@@ -529,6 +530,7 @@ class Tally:
 
     def __init__(self) -> None:
         self.kinds: dict[str, Kind] = {}
+        self.last_answer = time.monotonic()
         self._lock = threading.Lock()
 
     def record(self, kind: str, status: int | None, error: str = "") -> None:
@@ -540,6 +542,7 @@ class Tally:
                     k.examples.append(f"unanswered: {error}")
                 return
             k.answered += 1
+            self.last_answer = time.monotonic()
             if status not in EXPECTED[kind]:
                 k.unexpected += 1
                 if len(k.examples) < 5:
@@ -638,6 +641,7 @@ class Plan:
     swap_every: float
     seed: int
     phases: tuple[str, ...] = PHASES
+    storms: bool = True
 
     @classmethod
     def for_duration(cls, seconds: float, seed: int, phases: Sequence[str] = PHASES) -> Plan:
@@ -850,7 +854,10 @@ class Soak:
                 )
 
     def cycle(self) -> None:
-        variant = self.rng.choice(["stop", "kill", "stop-in-storm", "kill-in-storm"])
+        variants = (
+            ["stop", "kill", "stop-in-storm", "kill-in-storm"] if self.plan.storms else ["stop", "kill"]
+        )
+        variant = self.rng.choice(variants)
         action = variant.split("-")[0]
         with self.lifecycle:
             old = self.child_pid
@@ -972,8 +979,10 @@ class Soak:
             threading.Thread(target=self.traffic, name="traffic-1"),
             threading.Thread(target=self.traffic, name="traffic-2"),
             threading.Thread(target=self.until_stopped, args=(plan.cycle_every, self.cycle), name="cycles"),
-            threading.Thread(
-                target=self.until_stopped, args=(plan.storm_every, self.storm_round), name="storms"
+            *(
+                [threading.Thread(target=self.until_stopped, args=(plan.storm_every, self.storm_round))]
+                if plan.storms
+                else []
             ),
             threading.Thread(target=self.until_stopped, args=(plan.swap_every, self.swap), name="churn"),
             threading.Thread(target=self.sampler, name="sampler"),
@@ -986,6 +995,15 @@ class Soak:
             while self.now() < plan.seconds:
                 if self.proc.poll() is not None:
                     self.espm_exit = f"espm exited with {self.proc.returncode} at t={self.now():.0f}s"
+                    self.log(f"  ! {self.espm_exit}")
+                    break
+                silent = time.monotonic() - self.tally.last_answer
+                if silent > HUNG_AFTER:
+                    self.espm_exit = (
+                        f"espm answered nothing for {silent:.0f} s at t={self.now():.0f}s (hung: "
+                        f"{_proc_line(self.proc.pid, 'State')}, waiting in {_wchan(self.proc.pid)}); "
+                        "run ended early"
+                    )
                     self.log(f"  ! {self.espm_exit}")
                     break
                 if self.now() >= next_phase:
@@ -1101,6 +1119,21 @@ class Soak:
             self.proxy.close()
 
 
+def _proc_line(pid: int, key: str) -> str:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return line.strip()
+    return f"{key}: ?"
+
+
+def _wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text() or "?"
+    except OSError:
+        return "?"
+
+
 def _load(s: Sample) -> int:
     return (s.fds or 0) + (s.threads or 0) + (s.tasks or 0)
 
@@ -1171,6 +1204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(PHASES),
         help="the Elasticsearch phases, in turn (default: all; `ok` alone: no faults)",
     )
+    parser.add_argument("--no-storms", action="store_true", help="no signal storms (nor cycles inside one)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the traffic, churn and faults")
     parser.add_argument("--json", type=Path, help="also save the samples, counts and checks here")
     parser.add_argument(
@@ -1192,6 +1226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not phases:
         parser.error(f"--phases: unknown {unknown}; choose from {', '.join(PHASES)}")
     plan = Plan.for_duration(seconds, args.seed, phases)
+    plan.storms = not args.no_storms
     if args.warmup is not None:
         plan.warmup = args.warmup
     if shutil.which("openssl") is None:
