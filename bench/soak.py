@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -250,6 +251,36 @@ def check_answers(kinds: Mapping[str, Kind]) -> Check:
     unexpected = sum(k.unexpected for k in kinds.values())
     summary = f"{answered} of {sent} requests answered, {unexpected} with an unexpected status"
     return Check("answers", not bad and sent > 0, summary, details)
+
+
+def traceback_causes(log: str) -> Counter[str]:
+    """Each traceback in espm's log, by its last line (the exception), with the message logged."""
+    causes: Counter[str] = Counter()
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and "Traceback" in str(record.get("error.stack_trace", "")):
+                last = str(record["error.stack_trace"]).strip().splitlines()[-1]
+                causes[f"{record.get('message', '')}: {last}"] += 1
+                continue
+        if line.startswith("Traceback"):
+            before = lines[i - 1] if i else ""
+            last = next((ln for ln in lines[i + 1 :] if ln and not ln.startswith(" ")), "?")
+            causes[f"{before}: {last}" if not before.startswith("{") else last] += 1
+    return causes
+
+
+def check_log(log: str) -> Check:
+    """No traceback in espm's log."""
+    causes = traceback_causes(log)
+    total = sum(causes.values())
+    details = [f"{n} x {cause[:240]}" for cause, n in causes.most_common(5)]
+    summary = f"{total} tracebacks in espm's log ({len(log.encode()) / MIB:.1f} MiB of log)"
+    return Check("log", total == 0, summary, details)
 
 
 def expected_keystore(secret: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -1083,17 +1114,7 @@ class Soak:
                 lifecycle[:10],
             )
         )
-        log = self.log_tail(1 << 30)
-        tracebacks = log.count("Traceback")
-        lines = [line for line in log.splitlines() if "Traceback" in line][:3]
-        checks.append(
-            Check(
-                "log",
-                tracebacks == 0,
-                f"{tracebacks} tracebacks in espm's log ({len(log.encode()) / MIB:.1f} MiB of log)",
-                [line[:300] for line in lines],
-            )
-        )
+        checks.append(check_log(self.log_tail(1 << 30)))
         return checks
 
     def task_list(self) -> list[str]:

@@ -276,3 +276,29 @@ def test_soak_60_seconds(tmp_path: Path) -> None:
     assert {c["name"] for c in doc["checks"]} == {"rss", "leaks", "answers", "keystore", "lifecycle", "log"}
     assert doc["counts"]["swaps"] >= 30 and doc["counts"]["storms"] >= 5 and doc["counts"]["cycles"] >= 3
     assert set(doc["proxy_connections"]) == set(soak.PHASES)
+
+
+# -- log --------------------------------------------------------------------------------------
+
+
+def test_log_tracebacks_are_counted_by_cause() -> None:
+    record = {
+        "log.level": "error",
+        "message": "reload failed unexpectedly",
+        "error.stack_trace": 'Traceback (most recent call last):\n  File "x", line 1\nAttributeError: no',
+    }
+    log = "\n".join(
+        [
+            json.dumps({"log.level": "info", "message": "Keystore updated"}),
+            json.dumps(record),
+            "Exception ignored when trying to write to the signal wakeup fd:",
+            "Traceback (most recent call last):",
+            '  File "signals.py", line 130, in _handle',
+            "BlockingIOError: [Errno 11] Resource temporarily unavailable",
+        ]
+    )
+    check = soak.check_log(log)
+    assert not check.passed and check.summary.startswith("2 tracebacks")
+    assert "1 x reload failed unexpectedly: AttributeError: no" in check.details
+    assert any("wakeup fd" in d and "BlockingIOError" in d for d in check.details)
+    assert soak.check_log(json.dumps({"message": "fine"})).passed
