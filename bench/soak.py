@@ -395,6 +395,12 @@ class FaultProxy:
         self._wrong = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._wrong.load_cert_chain(*wrong)
         self._loop = asyncio.new_event_loop()
+        # asyncio's own errors on connections the faults tear down (a transport closed twice when
+        # an abort meets a reset) are counted, not printed over the soak's output.
+        self.loop_errors: Counter[str] = Counter()
+        self._loop.set_exception_handler(
+            lambda loop, context: self.loop_errors.update([repr(context.get("exception"))[:120]])
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: socket.socket
         self._acceptor: Any = None
@@ -1285,6 +1291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "kinds": {n: asdict(k) for n, k in soak.tally.kinds.items()},
                     "counts": soak.counts,
                     "proxy_connections": soak.proxy.connections if soak.proxy else {},
+                    "proxy_loop_errors": dict(soak.proxy.loop_errors) if soak.proxy else {},
                     "checks": [asdict(c) for c in checks],
                 },
                 indent=1,
