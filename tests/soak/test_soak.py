@@ -302,3 +302,9 @@ def test_log_tracebacks_are_counted_by_cause() -> None:
     assert "1 x reload failed unexpectedly: AttributeError: no" in check.details
     assert any("wakeup fd" in d and "BlockingIOError" in d for d in check.details)
     assert soak.check_log(json.dumps({"message": "fine"})).passed
+
+
+def test_lowest_takes_each_count_at_its_lowest() -> None:
+    first = soak.lowest(None, sample(12, 1, 4))
+    assert soak.lowest(first, sample(11, 2, 3)) == Sample(t=0, rss_kib=0, fds=11, threads=1, tasks=3)
+    assert soak.lowest(first, sample(None, 1, 3)).fds is None
