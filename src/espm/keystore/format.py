@@ -255,7 +255,7 @@ def decode(data: bytes, password: str = "") -> Keystore:
     has_password = _password_flag(data)
     salt, iv, sealed = _split_body(data, FORMATS[version])
     params = FORMATS[version]
-    key = crypto.pbkdf2_sha512(password.encode("utf-8"), salt, params.rounds, params.key_bytes)
+    key = _derive_key(password, salt, params)
     try:
         payload = crypto.aes_gcm_decrypt(key, iv, sealed, salt)
     except crypto.AuthenticationError:
@@ -275,7 +275,12 @@ def decode(data: bytes, password: str = "") -> Keystore:
 def encode(
     keystore: Keystore, password: str = "", *, salt: bytes | None = None, iv: bytes | None = None
 ) -> bytes:
-    """The file bytes of `keystore`, encrypted with `password` and a fresh salt and IV unless given."""
+    """The file bytes of `keystore`, encrypted with `password` and a fresh salt and IV unless given.
+
+    Passing only `salt=keystore.salt` (the IV is then fresh) skips the second key derivation of a
+    read-change-write: the key is the one `decode` derived, and AES-GCM stays sound under one key
+    as long as every IV is new. Never pass the IV a file was read with for different contents.
+    """
     if keystore.has_password != bool(password):
         raise ValueError(
             "a password-protected keystore needs a password"
@@ -288,7 +293,7 @@ def encode(
     if not salt or not iv:
         raise ValueError("the salt and the IV cannot be empty")
     payload = _build_payload(keystore)
-    key = crypto.pbkdf2_sha512(password.encode("utf-8"), salt, params.rounds, params.key_bytes)
+    key = _derive_key(password, salt, params)
     sealed = crypto.aes_gcm_encrypt(key, iv, payload, salt)
     i32 = struct.Struct("<i" if params.little_endian else ">i")
     body = b"".join(
@@ -306,6 +311,23 @@ def encode(
         )
     )
     return body + struct.pack(">Q", zlib.crc32(body))
+
+
+# The last key derived, by (password, salt, rounds, key size): PBKDF2 is the whole cost of formats 6
+# and 7 (210,000 rounds), and a writer that re-encrypts with the salt it read (and a fresh IV) needs
+# the same key again. One entry only: no pile of keys kept in memory.
+_last_key: tuple[tuple[str, bytes, int, int], bytes] | None = None
+
+
+def _derive_key(password: str, salt: bytes, params: FormatParams) -> bytes:
+    global _last_key
+    wanted = (password, bytes(salt), params.rounds, params.key_bytes)
+    last = _last_key  # one read: another thread may replace it meanwhile, never half of it
+    if last is not None and last[0] == wanted:
+        return last[1]
+    key = crypto.pbkdf2_sha512(password.encode("utf-8"), salt, params.rounds, params.key_bytes)
+    _last_key = (wanted, key)
+    return key
 
 
 def _check_header(data: bytes) -> int:
