@@ -510,3 +510,10 @@ def test_rewriting_with_the_salt_read_derives_the_key_once(monkeypatch: pytest.M
     assert derived == [210_000, 210_000]
     ksf.encode(changed)  # a fresh salt is a new key
     assert len(derived) == 3
+
+
+def test_keystores_with_the_same_contents_are_equal_whatever_their_salt() -> None:
+    data = real(V5)
+    first, second = ksf.decode(data), ksf.decode(ksf.encode(ksf.decode(data)))
+    assert first.salt != second.salt and first == second
+    assert first != first.with_entries({"x": b"1"})

@@ -146,7 +146,11 @@ def new_seed() -> str:
 
 
 def format_for_es_version(es_version: str) -> int:
-    """The format version an Elasticsearch version writes: "8.15.0" -> 6. ValueError before 6.3."""
+    """The format version an Elasticsearch version writes: "8.15.0" -> 6. ValueError before 6.3.
+
+    Versions after 9.x get format 7, the newest known: Elasticsearch reads every older format and
+    upgrades it at start-up, so an older format is the safe guess for a version not yet known.
+    """
     match = _ES_VERSION.fullmatch(es_version.strip())
     if match is None:
         raise ValueError(f"not an Elasticsearch version: {es_version!r} (expected e.g. 8.15.0)")
@@ -169,15 +173,16 @@ class Keystore:
 
     `legacy_types` (format 3 only) holds each entry's "STRING"/"FILE" tag; an entry without one is
     written as "STRING". `salt` and `iv` are those the file was read with, kept so a test can
-    rebuild it byte for byte; `encode` never reuses them unless they are passed to it.
+    rebuild it byte for byte; `encode` never reuses them unless they are passed to it, and they
+    take no part in equality (two keystores with the same contents are equal).
     """
 
     version: int
     has_password: bool
     entries: Mapping[str, bytes]
     legacy_types: Mapping[str, str] = field(default_factory=dict)
-    salt: bytes | None = field(default=None, repr=False)
-    iv: bytes | None = field(default=None, repr=False)
+    salt: bytes | None = field(default=None, repr=False, compare=False)
+    iv: bytes | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.version not in FORMATS:
