@@ -322,6 +322,7 @@ def test_with_entries_keeps_the_stored_order_replaces_in_place_and_appends() -> 
     assert changed.entries["keystore.seed"] == keystore.entries["keystore.seed"]
     assert keystore.entries["autoconfiguration.password_hash"] != b"new"  # the original is untouched
     assert ksf.decode(ksf.encode(changed)).entries == changed.entries
+    assert changed.salt == keystore.salt and changed.iv is None  # an IV is never carried to new contents
 
 
 def test_with_entries_in_format_3_keeps_legacy_types_and_types_new_names() -> None:

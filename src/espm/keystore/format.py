@@ -215,7 +215,7 @@ class Keystore:
         A name already present keeps its place (and, in format 3, its legacy type); a new one is
         appended in `set`'s order with `legacy_type`. Removing a name that is not there is not an
         error. New names must pass `valid_setting_name`; names already in the file are kept as
-        they are, whatever wrote them.
+        they are, whatever wrote them. The copy keeps the salt read, not the IV.
         """
         to_set = dict(set or {})
         to_remove = frozenset(remove)
@@ -241,7 +241,9 @@ class Keystore:
                 name: self.legacy_types.get(name, "STRING" if name in self.entries else legacy_type)
                 for name in entries
             }
-        return Keystore(self.version, self.has_password, entries, types, self.salt, self.iv)
+        # The salt stays (re-encrypting under it reuses the key decode derived); the IV does not:
+        # it belongs to the old contents, and one IV under one key twice is what breaks GCM.
+        return Keystore(self.version, self.has_password, entries, types, self.salt, None)
 
 
 def peek(data: bytes) -> tuple[int, bool]:
