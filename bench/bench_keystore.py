@@ -60,6 +60,8 @@ from harness import (
     wait_for,
 )
 
+from espm.keystore.format import KeystoreFormatError
+from espm.standins.keystore_tool import parse_keystore
 from espm.standins.secret import SecretVolume
 
 NAME = "keystore"
@@ -120,11 +122,10 @@ class Folders:
 
 
 def read_settings(path: Path) -> dict[str, bytes] | None:
-    """The stand-in keystore's settings ({"settings": {name: base64}, "version": 1})."""
+    """The keystore's settings (a real elasticsearch.keystore, no password), None while unreadable."""
     try:
-        doc = json.loads(path.read_bytes())
-        return {k: base64.b64decode(v) for k, v in doc["settings"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+        return parse_keystore(path.read_bytes())
+    except (OSError, KeystoreFormatError):
         return None
 
 
