@@ -60,8 +60,7 @@ from harness import (
     wait_for,
 )
 
-from espm.keystore.format import KeystoreFormatError
-from espm.standins.keystore_tool import parse_keystore
+from espm.keystore import format as ksf
 from espm.standins.secret import SecretVolume
 
 NAME = "keystore"
@@ -122,10 +121,10 @@ class Folders:
 
 
 def read_settings(path: Path) -> dict[str, bytes] | None:
-    """The keystore's settings (a real elasticsearch.keystore, no password), None while unreadable."""
+    """The keystore's settings (the stand-in writes the real format)."""
     try:
-        return parse_keystore(path.read_bytes())
-    except (OSError, KeystoreFormatError):
+        return dict(ksf.decode(path.read_bytes()).entries)
+    except (OSError, ksf.KeystoreFormatError):
         return None
 
 
