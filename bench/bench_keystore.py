@@ -60,6 +60,7 @@ from harness import (
     wait_for,
 )
 
+from espm.keystore import format as ksf
 from espm.standins.secret import SecretVolume
 
 NAME = "keystore"
@@ -120,11 +121,10 @@ class Folders:
 
 
 def read_settings(path: Path) -> dict[str, bytes] | None:
-    """The stand-in keystore's settings ({"settings": {name: base64}, "version": 1})."""
+    """The keystore's settings (the stand-in writes the real format)."""
     try:
-        doc = json.loads(path.read_bytes())
-        return {k: base64.b64decode(v) for k, v in doc["settings"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+        return dict(ksf.decode(path.read_bytes()).entries)
+    except (OSError, ksf.KeystoreFormatError):
         return None
 
 
