@@ -238,3 +238,53 @@ def test_the_network_policy_guards_the_api_port_of_those_pods() -> None:
         rules = [r for r in policy["spec"]["ingress"] if any(p["port"] == port for p in r["ports"])]
         assert rules and all(r.get("from") for r in rules)  # restricted to some peers, never open
     assert "Ingress" in policy["spec"]["policyTypes"]
+
+
+# The rule docker-entrypoint.sh (Elasticsearch 7.x and 8.x images) applies to every X_FILE variable
+# it is given: read the file into X, and stop unless the file has mode 400 or 600.
+ENTRYPOINT_FILE_RULE = r"""#!/bin/sh
+for name in $(env | cut -f1 -d= | grep '_FILE$'); do
+  eval "path=\$$name"
+  perms=$(stat -c %a "$path" 2>/dev/null) || { echo "ERROR: File $path does not exist" >&2; exit 1; }
+  case $perms in
+    400|600) ;;
+    *) echo "ERROR: File $path from $name must have file permissions 400 or 600" >&2; exit 1;;
+  esac
+done
+echo "entrypoint ran: $*"
+"""
+
+
+@pytest.mark.parametrize(("path", "doc"), STATEFULSETS, ids=lambda x: getattr(x, "name", ""))
+def test_espms_file_variables_do_not_reach_the_images_entrypoint(
+    path: Path, doc: dict[str, Any], tmp_path
+) -> None:
+    """espm passes its environment on; the manifests' command keeps its *_FILE variables from the script."""
+    from tests.conftest import PYTHON, base_env
+
+    c = _container(doc)
+    entrypoint = tmp_path / "docker-entrypoint.sh"
+    entrypoint.write_text(ENTRYPOINT_FILE_RULE)
+    entrypoint.chmod(0o755)
+    password = tmp_path / "password"
+    password.write_text("x\n")
+    password.chmod(0o440)  # what fsGroup makes of a Secret's file
+    files = {
+        n: str(tmp_path / n.lower())
+        for n in _env(c)
+        if n.endswith("_FILE") and n.startswith(("PM_", "KEYSTORE_"))
+    }
+    assert set(files) == {"PM_STATE_FILE", "KEYSTORE_ES_PASSWORD_FILE"}
+    files["KEYSTORE_ES_PASSWORD_FILE"] = str(password)
+    command = _value(c, "PM_PROC_CMD").replace("/usr/local/bin/docker-entrypoint.sh", str(entrypoint))
+
+    def run(cmd: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in base_env().items() if not k.endswith("_FILE")}  # this machine's own
+        env.update(PM_HTTP_PORT="0", PM_PROC_CMD=cmd, **files)
+        return subprocess.run([PYTHON, "-m", "espm"], env=env, capture_output=True, text=True, timeout=30)
+
+    proc = run(command)
+    assert proc.returncode == 0 and proc.stdout == "entrypoint ran: eswrapper\n", proc.stderr
+    # Without the `env -u ...`, the script stops before Elasticsearch starts.
+    proc = run(f"{entrypoint} eswrapper")
+    assert proc.returncode == 1 and "must have file permissions 400 or 600" in proc.stderr
