@@ -421,5 +421,10 @@ def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
     return [
         (name, closest(name, known))
         for name in sorted(env)
-        if name.startswith(("PM_", "KEYSTORE_")) and name not in known
+        if name.startswith(("PM_", "KEYSTORE_")) and name not in known and name not in _IMAGE_VARIABLES
     ]
+
+
+# Variables of the Elasticsearch images' docker-entrypoint.sh that share our prefixes: the
+# keystore's password, which the script hands to Elasticsearch.
+_IMAGE_VARIABLES = frozenset({"KEYSTORE_PASSWORD"})

@@ -49,7 +49,8 @@ class SuggestingParser(argparse.ArgumentParser):
             names = [w.split("=", 1)[0] for w in words if w.startswith("-")]
             if names:
                 return "; ".join(f"unknown flag {n}{did_you_mean(n, flags)}" for n in names)
-            return "unexpected argument " + " ".join(repr(w) for w in words)
+            hint = f" (a command goes after --: {self.prog} -- CMD ARGS)" if self.prog == "espm run" else ""
+            return "unexpected argument " + " ".join(repr(w) for w in words) + hint
         invalid = _INVALID_CHOICE.search(message)
         if invalid:
             word = invalid.group(1)
