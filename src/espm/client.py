@@ -6,6 +6,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import ssl
 import sys
 import time
@@ -78,6 +79,16 @@ def _tls_on(args: argparse.Namespace) -> bool:
 
 def _base_url(args: argparse.Namespace) -> str:
     """The manager's URL; a --url without a scheme or a port gets them from PM_TLS and PM_HTTP_PORT."""
+    url = _url(args)
+    try:
+        if urlsplit(url).port:
+            return url
+    except ValueError:
+        pass
+    raise ClientError(f"{url}: the port is not a number 1-65535 (--url, --pm-http-port)", EXIT_USAGE)
+
+
+def _url(args: argparse.Namespace) -> str:
     scheme = "https" if _tls_on(args) else "http"
     if args.url:
         url = str(args.url).strip().rstrip("/")
@@ -90,13 +101,9 @@ def _base_url(args: argparse.Namespace) -> str:
             raise ClientError(
                 f"--url {args.url!r}: expected http://HOST:PORT or https://HOST:PORT", EXIT_USAGE
             )
-        try:
-            port = parts.port
-        except ValueError:
-            raise ClientError(f"--url {args.url!r}: the port is not a number 0-65535", EXIT_USAGE) from None
         if not parts.hostname:
             raise ClientError(f"--url {args.url!r}: expected a host name or address", EXIT_USAGE)
-        if port is None:
+        if not re.search(r":[^\]:]*$", parts.netloc):
             # The manager's port, not the scheme's 80/443: espm never listens there by default.
             url = parts._replace(netloc=f"{parts.netloc}:{args.pm_http_port}").geturl()
         return url

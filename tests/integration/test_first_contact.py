@@ -70,6 +70,10 @@ def test_a_url_without_a_scheme_or_a_port_reaches_the_manager(espm) -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("es  started"), proc.stderr
     proc = ctl("status", "--url", "ftp://127.0.0.1:21")
     assert proc.returncode == 2 and "expected http://HOST:PORT" in proc.stderr
+    for args in (["--url", "http://127.0.0.1:99999"], ["--pm-http-port", "abc"]):
+        proc = ctl("status", *args)
+        assert proc.returncode == 2 and "the port is not a number" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 @pytest.fixture
