@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -294,7 +295,8 @@ def test_the_demos_rotation_hint_works_and_sigterm_cleans_up_like_ctrl_c() -> No
         lines.next(r"To change a secret the way Kubernetes does")
         hint = [lines.next() + "\n" for _ in range(4)]
         assert hint[0].strip() == f"cd {folder / 'secrets'}"
-        assert (folder / "certs" / "ca.key").exists()  # the demo's CA key: what must not be left behind
+        if shutil.which("openssl"):
+            assert (folder / "certs" / "ca.key").exists()  # the demo's CA key: what must not be left behind
 
         # The hint, run as printed, reaches the keystore and Elasticsearch (a third reload).
         subprocess.run(["sh", "-ec", "".join(hint)], check=True, timeout=10)
