@@ -60,9 +60,6 @@ class SuggestingParser(argparse.ArgumentParser):
 
 def unknown_command(parser: argparse.ArgumentParser, word: str) -> int:
     """Say that `word` is no sub-command of `parser` and suggest the closest one."""
-    print(
-        f"{parser.prog}: unknown command {word!r}{did_you_mean(word, sub_commands(parser))}"
-        f"\n(see {parser.prog} --help)",
-        file=sys.stderr,
-    )
+    hint = did_you_mean(word, sub_commands(parser)) or f" (to run a program: {parser.prog} -- {word} ...)"
+    print(f"{parser.prog}: unknown command {word!r}{hint}\n(see {parser.prog} --help)", file=sys.stderr)
     return EXIT_USAGE

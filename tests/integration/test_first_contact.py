@@ -157,6 +157,8 @@ def test_a_mistyped_sub_command_or_flag_gets_the_closest_match() -> None:
         proc.returncode == 2 and "unknown flag --pm-htpp-port (did you mean --pm-http-port?)" in proc.stderr
     )
     assert len(proc.stderr.splitlines()) <= 2  # not the usage of every flag
+    proc = ctl("sleep", "1")  # no command of ours looks like it: perhaps a program to run
+    assert proc.returncode == 2 and "(to run a program: espm -- sleep ...)" in proc.stderr
     proc = ctl("run", "sleep", "1")
     assert proc.returncode == 2 and "(a command goes after --: espm run -- CMD ARGS)" in proc.stderr
 
