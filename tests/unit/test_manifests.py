@@ -269,13 +269,10 @@ def test_espms_file_variables_do_not_reach_the_images_entrypoint(
     password = tmp_path / "password"
     password.write_text("x\n")
     password.chmod(0o440)  # what fsGroup makes of a Secret's file
-    files = {
-        n: str(tmp_path / n.lower())
-        for n in _env(c)
-        if n.endswith("_FILE") and n.startswith(("PM_", "KEYSTORE_"))
-    }
-    assert set(files) == {"PM_STATE_FILE", "KEYSTORE_ES_PASSWORD_FILE"}
-    files["KEYSTORE_ES_PASSWORD_FILE"] = str(password)
+    # Every *_FILE variable of the pod: a Secret's file (440), except the state file espm writes.
+    files = {n: str(password) for n in _env(c) if n.endswith("_FILE")}
+    assert {"PM_STATE_FILE", "KEYSTORE_ES_PASSWORD_FILE"} <= set(files)
+    files["PM_STATE_FILE"] = str(tmp_path / "espm-state.json")
     command = _value(c, "PM_PROC_CMD").replace("/usr/local/bin/docker-entrypoint.sh", str(entrypoint))
 
     def run(cmd: str) -> subprocess.CompletedProcess[str]:
