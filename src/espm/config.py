@@ -411,3 +411,20 @@ def load(
         format=src.parse("PM_LOG_FORMAT", _parse_choice(("json", "text")), "expected json or text"),
     )
     return Config(process=_process(src, command), http=_http(src), keystore=_keystore(src), log=log)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """PM_* and KEYSTORE_* names in `env` that are no variable of ours, each with the closest one."""
+    from espm.suggest import closest
+
+    known = [v.name for v in VARIABLES]
+    return [
+        (name, closest(name, known))
+        for name in sorted(env)
+        if name.startswith(("PM_", "KEYSTORE_")) and name not in known and name not in _IMAGE_VARIABLES
+    ]
+
+
+# Variables of the Elasticsearch images' docker-entrypoint.sh that share our prefixes: the
+# keystore's password, which the script hands to Elasticsearch.
+_IMAGE_VARIABLES = frozenset({"KEYSTORE_PASSWORD"})

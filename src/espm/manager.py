@@ -96,21 +96,33 @@ class Manager:
     def exit_status(self, ending: Ending) -> int:
         return 0 if ending.exit_code in self.config.process.success_exit_codes else ending.exit_code
 
+    def _exit_after(self, ending: Ending, why: str) -> None:
+        code = self.exit_status(ending)
+        if code != ending.exit_code:
+            log.info(
+                "%s: exiting with 0 (its status %d is listed in PM_SUCCESS_EXIT_CODES)",
+                why,
+                ending.exit_code,
+                extra={"process.exit_code": ending.exit_code},
+            )
+        else:
+            log.info("%s: exiting with its status, %d", why, code, extra={"process.exit_code": code})
+        self.exit(code)
+
     def _process_ended(self, ending: Ending) -> None:
         if self._terminating:
-            log.info("the process ended after SIGTERM/SIGINT to the manager: exiting with its status")
-            self.exit(self.exit_status(ending))
+            self._exit_after(ending, "the process ended after SIGTERM/SIGINT to the manager")
         elif not ending.requested:
-            log.info("the process ended on its own: exiting with its status")
-            self.exit(self.exit_status(ending))
+            self._exit_after(ending, "the process ended without an API stop")
         elif self.config.process.exit_on_stop:
-            log.info("the process ended after an API request and PM_EXIT_ON_STOP is set: exiting")
-            self.exit(self.exit_status(ending))
+            self._exit_after(ending, "the process ended after an API request and PM_EXIT_ON_STOP is set")
 
     def _signal_seen(self, signum: int, forwarded: bool) -> None:
         name = signal_name(signum)
         if forwarded:
-            log.debug("forwarded %s", name, extra={"signal": name})
+            # The signals that end a container are worth a line in the pod's log; others are noise.
+            level = logging.INFO if signum in TERMINATING else logging.DEBUG
+            log.log(level, "forwarded %s to the process group", name, extra={"signal": name})
             if signum in (signal.SIGTERM, signal.SIGINT) and self.process.state in SIGNALLED:
                 # The container is being stopped while an operator's stop or kill is under way:
                 # when the process ends, the manager must end too, not wait for another start.

@@ -103,7 +103,17 @@ class ManagedProcess:
 
     def _move(self, event: Event) -> None:
         new = next_state(self.state, event)
-        if new is not self.state or event is Event.START_OK:
+        clean = event is Event.EXITED and self.exit_code in (0, *self.config.success_exit_codes)
+        if new is ProcessState.FAILED and clean:
+            # `failed` only means "ended without an API stop": a clean end is not logged as one.
+            log.info(
+                "process %s: %s -> ended cleanly (exit %s)",
+                self.config.name,
+                self.state.value,
+                self.exit_code,
+                extra={"event.action": event.value, "process.state": new.value},
+            )
+        elif new is not self.state or event is Event.START_OK:
             log.info(
                 "process %s: %s -> %s",
                 self.config.name,
