@@ -120,6 +120,9 @@ class Manager:
             self.exit(0)
         else:
             log.info("%s dropped: no process to forward it to", name, extra={"signal": name})
+        # The safety net: a signal is a wake-up, and every wake-up sweeps for ended children.
+        # After the bookkeeping: a SIGTERM forwarded during a stop must count before the end.
+        self.reaper.reap()
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -168,10 +171,9 @@ class Manager:
             return await self._exit
         finally:
             await self._shutdown()
-            # Before the loop closes its self-pipe: a signal written to a closed wakeup fd
-            # would fail, and SIGCHLD must go back to its default for the last orphans.
+            # Before the loop closes: its readers must not outlive it.
             self.forwarder.detach()
-            loop.remove_signal_handler(signal.SIGCHLD)
+            self.reaper.close()
 
     async def _first_start(self) -> int | None:
         """Build the keystore, then start the process; an exit code when the manager must stop."""
@@ -227,7 +229,21 @@ def run(
     listener: socket.socket,
     tls: CertificateWatcher | None = None,
 ) -> int:
-    """Run the manager until it must exit; return its exit status."""
+    """Run the manager until it must exit; return its exit status (signals held from then on)."""
+    try:
+        return _run(config, startup, env, recorded, listener, tls)
+    finally:
+        startup.hold_all()
+
+
+def _run(
+    config: Config,
+    startup: StartupSignals,
+    env: Mapping[str, str],
+    recorded: ProcessState | None,
+    listener: socket.socket,
+    tls: CertificateWatcher | None = None,
+) -> int:
     forwarder = SignalForwarder()
     forwarder.install()
     if config.process.reaper and os.getpid() != 1:
