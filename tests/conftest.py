@@ -60,10 +60,12 @@ class Espm:
         args: list[str] | None = None,
         stdin: int | None = subprocess.DEVNULL,
         preexec: Any = None,
+        prefix: list[str] | None = None,
     ) -> None:
         argv = [PYTHON, "-m", "espm", *(args or []), "--", *command]
         if pid1:
             argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
+        argv = [*(prefix or []), *argv]  # e.g. a shell that mounts something, then execs espm
         self.env = env
         self.port = int(env.get("PM_HTTP_PORT", "8080"))
         self.name = env.get("PM_PROC_NAME", "es")

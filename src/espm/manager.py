@@ -19,7 +19,7 @@ from espm.supervisor.signals import (
     StartupSignals,
     signal_name,
 )
-from espm.supervisor.state import KEPT_DOWN, SIGNALLED, ProcessState
+from espm.supervisor.state import SIGNALLED, ProcessState, kept_down
 
 if TYPE_CHECKING:
     import asyncio
@@ -53,13 +53,17 @@ class Manager:
         self.startup = startup
         self.forwarder = forwarder
         self.recorded = recorded
+        self.kept_down_as = kept_down(recorded)
         self.tls = tls
         self.reaper = Reaper(config.process.reaper)
         self.process = ManagedProcess(
             config.process, self.reaper, forwarder, startup, env, self._process_ended
         )
-        if recorded is not None:
-            self.process.restore(recorded)
+        if self.kept_down_as is not None and recorded is not None:
+            self.process.restore(self.kept_down_as, recorded)
+        elif recorded is not None:
+            self.process.recorded = recorded
+            log.info("the state file records %s: the process starts", recorded.value)
         self.updater: KeystoreUpdater | None = None
         self.api: ApiServer | None = None
         self._readiness: ReadinessProbe | None = None
@@ -85,7 +89,7 @@ class Manager:
     @property
     def kept_down(self) -> bool:
         """The state file says an operator stopped the process: wait for an API start."""
-        return self.recorded in KEPT_DOWN
+        return self.kept_down_as is not None
 
     def exit(self, code: int) -> None:
         if self._exit is None:
@@ -153,6 +157,7 @@ class Manager:
             self._exit.set_result(self._early_exit)
         self.reaper.install(loop)
         self.forwarder.attach(loop, self._signal_seen)
+        self.process.attach(loop)
         try:
             if self.config.keystore.enabled:
                 from espm.keystore.updater import KeystoreUpdater
@@ -174,6 +179,7 @@ class Manager:
             # Before the loop closes: its readers must not outlive it.
             self.forwarder.detach()
             self.reaper.close()
+            self.process.detach()
 
     async def _first_start(self) -> int | None:
         """Build the keystore, then start the process; an exit code when the manager must stop."""
