@@ -203,6 +203,12 @@ class Espm:
         return doc
 
 
+@pytest.fixture(params=[False, True], ids=["subreaper", "pid1"])
+def pid1(request: pytest.FixtureRequest) -> bool:
+    """The PID 1 / subreaper matrix: True runs espm as PID 1 of a new pid namespace."""
+    return bool(request.param)
+
+
 @pytest.fixture
 def espm() -> Iterator[Any]:
     """A factory of running managers, all killed at the end of the test."""

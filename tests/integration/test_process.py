@@ -8,8 +8,6 @@ import signal
 import time
 import zlib
 
-import pytest
-
 from tests.conftest import base_env, descendants, fixture, free_port, proc_state, wait_for
 
 
@@ -179,7 +177,6 @@ def test_failed_start_through_the_api_keeps_serving(espm, tmp_path) -> None:
     assert m.request("GET", "/health")[0] == 200
 
 
-@pytest.mark.parametrize("pid1", [False, True], ids=["subreaper", "pid1"])
 def test_state_file_keeps_an_operator_stop_across_a_restart(espm, tmp_path, pid1: bool) -> None:
     state = tmp_path / "state" / "espm.json"
     state.parent.mkdir()

@@ -8,8 +8,6 @@ import signal
 import subprocess
 import tempfile
 
-import pytest
-
 from tests.conftest import PYTHON, base_env, children, fixture, proc_state
 
 STORM = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGWINCH)
@@ -63,7 +61,6 @@ def storm_round(pid1: bool, code: int, after_ms: int) -> tuple[int | None, str]:
     return status, text
 
 
-@pytest.mark.parametrize("pid1", [False, True], ids=["subreaper", "pid1"])
 def test_the_child_ends_inside_a_storm_of_10000_signals(pid1: bool) -> None:
     rng = random.Random(8)
     outcomes = []
