@@ -46,49 +46,29 @@ def test_orphans_left_behind_are_reaped_when_kept(espm, pid1: bool) -> None:
     assert m.proc.poll() is None
 
 
-def test_exit_status_42_in_an_orphan_storm_every_time() -> None:
-    # 300 orphans end at the very moment the child exits 42; the reaper sees them all in one
-    # sweep, and still hands 42 to the process. Many runs, as PID 1, 4 at a time.
-    runs, batch = 24, 4
-    codes = []
-    for _ in range(runs // batch):
+def storm_of_orphans(pid1: bool, runs: int) -> list[int]:
+    """`runs` managers (4 at a time) whose child exits 42 as 300 orphans end: their statuses."""
+    codes: list[int] = []
+    prefix = ["unshare", "--pid", "--fork", "--mount-proc"] if pid1 else []
+    for start in range(0, runs, 4):
         procs = [
             subprocess.Popen(
-                [
-                    "unshare",
-                    "--pid",
-                    "--fork",
-                    "--mount-proc",
-                    PYTHON,
-                    "-m",
-                    "espm",
-                    "--",
-                    PYTHON,
-                    fixture("orphans.py"),
-                    "300",
-                    "42",
-                ],
+                [*prefix, PYTHON, "-m", "espm", "--", PYTHON, fixture("orphans.py"), "300", "42"],
                 env=base_env(PM_HTTP_PORT="0", PM_LOG_LEVEL="warning"),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            for _ in range(batch)
+            for _ in range(min(4, runs - start))
         ]
-        codes += [p.wait(60) for p in procs]
-    assert codes == [42] * runs
+        codes += [p.wait(20) for p in procs]
+    return codes
 
 
-def test_exit_status_42_in_an_orphan_storm_as_subreaper() -> None:
-    procs = [
-        subprocess.Popen(
-            [PYTHON, "-m", "espm", "--", PYTHON, fixture("orphans.py"), "300", "42"],
-            env=base_env(PM_HTTP_PORT="0", PM_LOG_LEVEL="warning"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(8)
-    ]
-    assert [p.wait(60) for p in procs] == [42] * 8
+def test_exit_status_42_in_an_orphan_storm_every_time(pid1: bool) -> None:
+    # 300 orphans end at the very moment the child exits 42; the reaper sees them all in one
+    # sweep, and still hands 42 to the process, end to end. A status stolen or swapped within a
+    # sweep is caught deterministically by tests/unit/test_reaper.py; these runs check the whole.
+    assert storm_of_orphans(pid1, 4) == [42] * 4
 
 
 def test_reaper_off_leaves_orphans_alone_but_reaps_the_child(espm, pid1: bool) -> None:

@@ -51,6 +51,14 @@ def checksum(path: Path) -> str | None:
     return str(crc)
 
 
+def exit_of(status: int) -> tuple[int, int | None]:
+    """The exit code a shell would report for a raw wait status (128+N for signal N), and N."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return 128 - code, -code
+    return code, None
+
+
 @dataclass(frozen=True)
 class Ending:
     """How the process ended, and whether an operator asked for it."""
@@ -290,12 +298,7 @@ class ManagedProcess:
             self._stop_timer = None
         code = os.waitstatus_to_exitcode(status)
         self.pid = None
-        if code < 0:
-            self.exit_signal = -code
-            self.exit_code = 128 - code
-        else:
-            self.exit_signal = None
-            self.exit_code = code
+        self.exit_code, self.exit_signal = exit_of(status)
         requested = self.state in (ProcessState.STOPPING, ProcessState.KILLING)
         self._move(Event.EXITED)
         how = f"signal {signal_name(self.exit_signal)}" if self.exit_signal else f"exit {code}"
