@@ -19,7 +19,7 @@ from espm.supervisor.signals import (
     StartupSignals,
     signal_name,
 )
-from espm.supervisor.state import SIGNALLED, ProcessState, kept_down
+from espm.supervisor.state import SIGNALLED, ProcessState, kept_down, remove_stale_temporaries
 
 if TYPE_CHECKING:
     import asyncio
@@ -54,6 +54,8 @@ class Manager:
         self.forwarder = forwarder
         self.recorded = recorded
         self.kept_down_as = kept_down(recorded)
+        if config.process.state_file is not None:
+            remove_stale_temporaries(config.process.state_file)
         self.tls = tls
         self.reaper = Reaper(config.process.reaper)
         self.process = ManagedProcess(

@@ -34,6 +34,7 @@ def test_a_state_recorded_when_espm_itself_crashed(espm, tmp_path, before, after
     # process again; a stop or kill whose end was not seen yet keeps it down, as its end.
     state = tmp_path / "espm.json"
     state.write_text(json.dumps({"state": before, "since": SINCE}))
+    (tmp_path / ".espm.json.12345.tmp").write_text('{"sta')  # a write the crash cut short
     marker = tmp_path / "runs"
     m = espm(["sh", "-c", f"echo run >> {marker}; echo up; exec sleep 60"], env=env(state))
     if runs:
@@ -43,6 +44,7 @@ def test_a_state_recorded_when_espm_itself_crashed(espm, tmp_path, before, after
     assert doc["state"] == after and (doc["pid"] is not None) is runs
     assert recorded(state) == after
     assert marker.exists() is runs
+    assert not (tmp_path / ".espm.json.12345.tmp").exists()
     # Kept down, it starts on an operator's request.
     code, doc, _ = m.request("POST", "/es/start")
     assert code == 200 and doc["state"] == "started"
@@ -106,6 +108,7 @@ def test_sigkill_at_random_points_never_keeps_the_next_manager_down(espm, tmp_pa
         seen.add(left)
         m = espm(["sleep", "60"], env=env(state))
         m.wait_api()
+        assert os.listdir(tmp_path) == ["espm.json"]  # a write the kill cut short left nothing
         doc = m.status()
         expected = {"stopping": "stopped", "killing": "killed", "stopped": "stopped", "killed": "killed"}
         assert doc["state"] == expected.get(left, "started"), (left, doc)

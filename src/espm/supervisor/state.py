@@ -184,6 +184,13 @@ def parse_state(raw: bytes) -> ProcessState:
         raise StateFileError(_NOT_OURS) from None
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries of writes that a crash of an earlier manager cut short."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def write_state_file(path: Path, state: ProcessState, since: str) -> None:
     """Record `state` at `path` atomically: a reader sees the old or the new state."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
