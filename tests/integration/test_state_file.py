@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -93,7 +94,7 @@ def test_sigkill_at_random_points_never_keeps_the_next_manager_down(espm, tmp_pa
             while not stop.is_set():
                 try:
                     m.request("POST", paths[i % len(paths)], timeout=2)
-                except OSError:
+                except (OSError, http.client.HTTPException):
                     return  # the manager is gone
                 i += 1
 
