@@ -155,10 +155,14 @@ def read_state_file(path: Path) -> ProcessState | None:
     except OSError as err:
         raise StateFileError(f"cannot read it ({err.strerror})") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-            raise StateFileError(f"expected a regular file, found {kind}")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "something else")
+            raise StateFileError(f"expected a regular file (espm writes it itself), found {kind}")
+        if info.st_size > MAX_STATE_FILE:
+            raise StateFileError(
+                f"expected at most {MAX_STATE_FILE} bytes, found {info.st_size}; {_NOT_OURS}"
+            )
         raw = b""
         while len(raw) <= MAX_STATE_FILE and (chunk := os.read(fd, MAX_STATE_FILE + 1 - len(raw))):
             raw += chunk
@@ -166,7 +170,7 @@ def read_state_file(path: Path) -> ProcessState | None:
         raise StateFileError(f"cannot read it ({err.strerror})") from None
     finally:
         os.close(fd)
-    if len(raw) > MAX_STATE_FILE:
+    if len(raw) > MAX_STATE_FILE:  # it grew while read
         raise StateFileError(f"expected at most {MAX_STATE_FILE} bytes; {_NOT_OURS}")
     return parse_state(raw)
 
