@@ -145,14 +145,25 @@ def test_a_stop_that_cannot_be_recorded_is_not_passed_as_done(espm, tmp_path) ->
 
     code, doc, _ = m.request("POST", "/es/stop")
     assert code == 202 and doc["state"] == "stopping"
-    assert "No space left on device" in doc["warning"] and "still holds started" in doc["warning"]
+    assert doc["warning"] == (
+        "the state file cannot be written (No space left on device): it still holds started, "
+        "and a restart of espm would start the process, not keep it stopped"
+    )
     wait_for(lambda: m.status()["state"] == "stopped")
-    assert "instead of stopped" in m.status()["warning"]
+    assert m.status()["warning"] == doc["warning"]
     # Not a 500: a failed liveness probe would restart espm, which would start what was stopped.
     code, health, _ = m.request("GET", "/health")
     assert code == 200 and health["status"] == "warning" and "still holds started" in health["reason"]
     assert recorded(seen / "espm.json") == "started"
     assert sorted(os.listdir(seen)) == ["espm.json", "filler"]  # no temporary left behind
+
+    # Started again, the process agrees with the file again: a restart would do the same.
+    code, doc, _ = m.request("POST", "/es/start")
+    assert code == 200 and doc["state"] == "started" and "warning" not in doc
+    assert m.request("GET", "/health")[1] == {"status": "ok"}
+    assert m.readline() == "ready"
+    assert "warning" in m.request("POST", "/es/stop")[1]
+    wait_for(lambda: m.status()["state"] == "stopped")
 
     filler.unlink()  # space comes back: the stop is recorded within a second or so
     wait_for(lambda: recorded(seen / "espm.json") == "stopped", timeout=5)

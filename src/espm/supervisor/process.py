@@ -20,6 +20,7 @@ from espm.supervisor.spawn import SpawnError, spawn
 from espm.supervisor.state import (
     Event,
     ProcessState,
+    kept_down,
     next_state,
     write_state_file,
 )
@@ -49,6 +50,12 @@ def checksum(path: Path) -> str | None:
     except OSError:
         return None
     return str(crc)
+
+
+def _on_restart(state: ProcessState | None) -> str:
+    """What a restart of espm would do with `state` in the state file."""
+    kept = kept_down(state)
+    return "start the process" if kept is None else f"keep it {kept.value}"
 
 
 def exit_of(status: int) -> tuple[int, int | None]:
@@ -139,10 +146,15 @@ class ManagedProcess:
         try:
             write_state_file(path, self.state, rfc3339(self.since))
         except OSError as err:
+            if kept_down(self.recorded) is kept_down(self.state):
+                # A restart would do the same either way (e.g. `stopping` and `stopped`).
+                log.warning("cannot write the state file: %s", err.strerror, extra={"file.path": str(path)})
+                self._cleared()
+                return
             was = self.recorded.value if self.recorded is not None else "no state"
             error = (
-                f"the state file cannot be written ({err.strerror}): it still holds {was}, "
-                f"which a restart of espm would act on instead of {self.state.value}"
+                f"the state file cannot be written ({err.strerror}): it still holds {was}, and a "
+                f"restart of espm would {_on_restart(self.recorded)}, not {_on_restart(self.state)}"
             )
             if error != self.record_error:
                 log.error("%s", error, extra={"file.path": str(path)})
@@ -151,11 +163,17 @@ class ManagedProcess:
             if self._loop is not None and not self._loop.is_closed():
                 self._record_retry = self._loop.call_later(RECORD_RETRY, self._record)
             return
+        self._cleared()
+        self.recorded = self.state
+
+    def _cleared(self) -> None:
         if self.record_error is not None:
-            log.info("the state file holds %s again", self.state.value, extra={"file.path": str(path)})
+            log.info(
+                "the state file agrees with the process again",
+                extra={"file.path": str(self.config.state_file)},
+            )
             self.record_error = None
             self._status_json = None
-        self.recorded = self.state
 
     def _move(self, event: Event) -> None:
         new = next_state(self.state, event)
