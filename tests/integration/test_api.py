@@ -136,15 +136,29 @@ def test_oversized_body_gets_413_before_the_body_is_sent(api) -> None:
     [
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100),
         b"HELLO\r\n\r\n",
-        b"GET / HTTP/9.9\r\n\r\n",
+        pytest.param(
+            b"GET / HTTP/9.9\r\n\r\n",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 10: answered 404 on a kept-alive connection; expected 505 and a close",
+            ),
+        ),
         b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
         b"\r\n\r\n\r\n",
         b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n",
     ],
 )
-def test_garbage_gets_4xx_or_a_closed_connection(api, garbage) -> None:
-    out = raw(api.port, garbage)
-    assert out == b"" or out.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 404 ")), out
+def test_garbage_gets_a_4xx_and_a_closed_connection(api, garbage) -> None:
+    # One answer each, pinned: the status that names the fault, `Connection: close`, and the close
+    # itself (an EOF within the linger time, not a connection left open for the idle timeout).
+    with socket.create_connection(("127.0.0.1", api.port), timeout=2) as s:
+        s.sendall(garbage)
+        out = b""
+        while chunk := s.recv(65536):  # a TimeoutError here: the connection was kept open
+            out += chunk
+    head = out.split(b"\r\n\r\n", 1)[0].lower()
+    expected = b"HTTP/1.1 505 " if b"HTTP/9.9" in garbage else b"HTTP/1.1 400 "
+    assert out.startswith(expected) and b"connection: close" in head, out
     assert api.request("GET", "/health")[0] == 200
 
 

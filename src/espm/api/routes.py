@@ -121,6 +121,10 @@ class Router:
             return Response.json(
                 500, {"status": "error", "reason": f"process {self.process.config.name} is {state.value}"}
             )
+        if self.process.record_error is not None:
+            # 200, not 500: a failed liveness probe restarts the container, and the next espm
+            # would act on the older state the file still holds (e.g. start what was stopped).
+            return Response.json(200, {"status": "warning", "reason": self.process.record_error})
         return _OK_HEALTH
 
     def status(self, request: Request) -> Response:
