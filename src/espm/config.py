@@ -94,6 +94,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("KEYSTORE_TOOL_TIMEOUT", "120", "seconds one keystore tool run may take"),
 )
 
+# espm's own variables that the managed process never sees: secrets, and the `*_FILE` variables.
+# The official images' docker-entrypoint.sh turns every `X_FILE` into `X` and exits 1 unless the
+# file's mode is 400 or 600, so PM_STATE_FILE or KEYSTORE_ES_PASSWORD_FILE passed on would stop
+# Elasticsearch before it starts (and would export espm's password into its environment).
+PRIVATE_VARIABLES = frozenset(v.name for v in VARIABLES if v.secret or v.name.endswith("_FILE"))
+
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -62,12 +62,25 @@ def test_sigpipe_and_sigxfsz_start_at_default_in_the_child(espm) -> None:
     assert int(lines["SigBlk"], 16) == 0
 
 
-def test_password_not_passed_to_the_child(espm) -> None:
-    e = env(KEYSTORE_ES_PASSWORD="hunter2-distinctive", KEYSTORE_ES_USERNAME="elastic")
+def test_password_and_file_variables_not_passed_to_the_child(espm, tmp_path) -> None:
+    # The images' docker-entrypoint.sh acts on every *_FILE variable (and exits 1 unless the
+    # file's mode is 400/600): espm's own must not reach it. Other variables pass untouched.
+    config = tmp_path / "elasticsearch.yml"
+    config.write_text("cluster.name: demo\n")
+    e = env(
+        KEYSTORE_ES_PASSWORD="hunter2-distinctive",
+        KEYSTORE_ES_USERNAME="elastic",
+        PM_CONFIG_FILE=str(config),
+        PM_STATE_FILE=str(tmp_path / "state.json"),
+        ELASTIC_PASSWORD_FILE="/run/secrets/elastic",
+    )
     m = espm(["python3", fixture("sigstate.py")], env=e)
     report = read_child_report(m)
-    assert "KEYSTORE_ES_USERNAME" in report["env"]
-    assert "KEYSTORE_ES_PASSWORD" not in report["env"].split()
+    names = report["env"].split()
+    assert "KEYSTORE_ES_USERNAME" in names
+    assert "ELASTIC_PASSWORD_FILE" in names  # the image's own: not ours to remove
+    for private in ("KEYSTORE_ES_PASSWORD", "PM_CONFIG_FILE", "PM_STATE_FILE"):
+        assert private not in names
     m.wait()
     assert "hunter2-distinctive" not in m.stderr_text()
 

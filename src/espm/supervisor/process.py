@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from espm.config import ProcessConfig
+from espm.config import PRIVATE_VARIABLES, ProcessConfig
 from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import ALL_SIGNALS, SignalForwarder, StartupSignals, signal_name
 from espm.supervisor.spawn import SpawnError, spawn
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("espm.process")
 
 # Secrets of the manager's own that the child must not inherit.
-PRIVATE_VARIABLES = ("KEYSTORE_ES_PASSWORD",)
 RECORD_RETRY = 1.0  # seconds between two tries to record a state the state file missed
 
 
