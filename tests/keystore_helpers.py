@@ -129,9 +129,9 @@ class KeystoreSetup:
 
 
 def pairs_of(argv: list[str]) -> list[str]:
-    """Setting names of an `add-file -f NAME PATH...` run."""
-    assert argv[:2] == ["add-file", "-f"], argv
-    rest = argv[2:]
+    """Setting names of an `add-file -f -- NAME PATH...` run (`--`: names are never options)."""
+    assert argv[:3] == ["add-file", "-f", "--"], argv
+    rest = argv[3:]
     assert len(rest) % 2 == 0, argv
     return rest[0::2]
 

@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ BACKOFF_FIRST = 2.0
 BACKOFF_CAP = 60.0
 ES_POLL = 1.0
 EXIT_NOT_IN_KEYSTORE = 78
+# Fixed names for the probe that asks the tool whether it takes several pairs per run.
+PROBE_PAIRS = ("espm.probe.first", "espm.probe.second")
 
 CREATED = "Keystore updater created"
 WAITING = "Waiting for Elasticsearch to be ready"
@@ -226,14 +229,22 @@ class KeystoreUpdater:
             snapshot = read_snapshot(self.config.source_dir)
         except SourceError as err:
             raise UpdateError(str(err)) from None
-        if list(snapshot.invalid) != self.invalid:
+        if snapshot.left_out != self.invalid:
             for name in snapshot.invalid:
                 log.warning(
-                    "secret %r left out: not a valid secure setting name [A-Za-z0-9_.-]+",
+                    "secret %r left out: not a valid secure setting name "
+                    "([A-Za-z0-9_.-]+, not beginning with '-')",
                     name,
                     extra={"setting.name": name},
                 )
-        self.invalid = list(snapshot.invalid)
+            for name in snapshot.outside:
+                log.warning(
+                    "secret %r left out: it is a link to a file outside %s",
+                    name,
+                    self.config.source_dir,
+                    extra={"setting.name": name},
+                )
+        self.invalid = snapshot.left_out
         fingerprint = snapshot.fingerprint()
         if fingerprint == self._fingerprint and not self.update_failures:
             return
@@ -329,24 +340,48 @@ class KeystoreUpdater:
         return folder
 
     async def _add_files(self, pairs: list[tuple[str, str]], work: Path) -> None:
+        # `--` ends the tool's options: whatever a name looks like, it is never read as one (names
+        # beginning with `-` are left out before this; this is the belt to those braces).
         if self._batch is not False and len(pairs) > 1:
-            args = ["add-file", "-f"]
-            for name, file in pairs:
-                args += [name, file]
-            run = await self.tool.run(args, work)
+            run = await self.tool.run(["add-file", "-f", "--", *_flat(pairs)], work)
             if run.ok:
                 self._batch = True
                 return
             if not (run.exit_code == EXIT_USAGE and self._batch is None):
                 raise UpdateError(run.describe())
-            # A tool older than 7.7 takes one pair per run; remember it for the next updates.
+            # A usage error: a tool older than 7.7 (one pair per run), or something in this input.
+            # Only a run whose input is fixed tells the two apart; the input never decides.
+            if await self._probe_batches(work) is not False:
+                raise UpdateError(run.describe())
             log.info("the keystore tool takes one setting per run (before 7.7): adding one by one")
             self._batch = False
         for name, file in pairs:
-            self._check(await self.tool.run(["add-file", "-f", name, file], work))
+            self._check(await self.tool.run(["add-file", "-f", "--", name, file], work))
+
+    async def _probe_batches(self, work: Path) -> bool | None:
+        """Whether the tool takes several add-file pairs, asked with fixed names in a scratch folder.
+
+        None when the probe itself failed otherwise: nothing is learned then.
+        """
+        folder = work / "probe"
+        folder.mkdir(mode=0o700)
+        value = folder / "value"
+        value.write_bytes(b"")
+        run = await self.tool.run(
+            ["add-file", "-f", "--", *_flat([(n, str(value)) for n in PROBE_PAIRS])], folder
+        )
+        if run.ok:
+            self._batch = True
+            return True
+        if run.exit_code == EXIT_USAGE:
+            return False
+        log.warning(
+            "cannot tell whether the keystore tool takes several settings per run: %s", run.describe()
+        )
+        return None
 
     async def _remove(self, names: list[str], work: Path) -> None:
-        run = await self.tool.run(["remove", *names], work)
+        run = await self.tool.run(["remove", "--", *names], work)
         if run.ok:
             return
         if run.exit_code != EXIT_NOT_IN_KEYSTORE:
@@ -356,7 +391,7 @@ class KeystoreUpdater:
         present = set(listing.stdout.split())
         rest = [n for n in names if n in present]
         if rest:
-            self._check(await self.tool.run(["remove", *rest], work))
+            self._check(await self.tool.run(["remove", "--", *rest], work))
 
     @staticmethod
     def _check(run: ToolRun) -> ToolRun:
@@ -518,6 +553,11 @@ def _es_reason(doc: Any) -> str:
         if isinstance(error, str):
             return f": {error}"
     return ""
+
+
+def _flat(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """`NAME PATH NAME PATH ...`, as add-file takes them."""
+    return [part for pair in pairs for part in pair]
 
 
 def _alive(pid: int) -> bool:
