@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import time
@@ -35,6 +34,7 @@ from tests.keystore_helpers import (
     make_pki,
     pairs_of,
     reload_env,
+    shm_files_holding,
     status,
     wait_state,
     wait_status,
@@ -168,23 +168,6 @@ def test_a_secret_removed_while_the_manager_was_down_is_removed_at_the_next_star
     start(espm, ks.env())
     assert sorted(ks.settings()) == ["a", "bootstrap.password", "keystore.seed"]
     assert ks.runs()[-1] == ["remove", "--", "b"]
-
-
-def test_value_folders_left_by_a_dead_manager_are_removed_at_start(espm: Any, ks: KeystoreSetup) -> None:
-    dead = 4_000_000  # above any pid this machine hands out (pid_max is lower), so never alive
-    stale = Path("/dev/shm") / f".espm-values-{dead}-crashed"
-    alive = Path("/dev/shm") / f".espm-values-{os.getpid()}-busy"  # a live manager's, in use
-    for folder in (stale, alive):
-        folder.mkdir(mode=0o700)
-        (folder / "a").write_text("left-behind-value")
-    try:
-        ks.secrets.write({"a": "1"})
-        start(espm, ks.env())
-        assert not stale.exists()
-        assert alive.exists()
-    finally:
-        shutil.rmtree(stale, ignore_errors=True)
-        shutil.rmtree(alive, ignore_errors=True)
 
 
 def test_the_keystore_keeps_its_mode(espm: Any, ks: KeystoreSetup) -> None:
@@ -718,8 +701,8 @@ def test_secret_values_never_appear_outside_the_keystore(
     assert settings["multi.line"] == values["multi.line"].encode()
     assert "bad name" not in settings
     assert not any(name.startswith(WORK_PREFIX) for name in os.listdir(ks.conf))
-    # The value files lived in memory (/dev/shm), in a folder named for the manager: gone too.
-    assert not [p for p in os.listdir("/dev/shm") if p.startswith(f".espm-values-{manager.pid}-")]
+    # The values were handed to the tool in memfds: no copy on the pod's shared tmpfs either.
+    assert not shm_files_holding(b"SV-q7Rk2")
 
 
 # --- robustness ------------------------------------------------------------------------------

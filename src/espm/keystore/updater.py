@@ -20,8 +20,8 @@ import logging
 import os
 import random
 import re
+import resource
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,9 +29,11 @@ from typing import Any
 
 from espm.config import KeystoreConfig
 from espm.keystore.elasticsearch import ElasticsearchClient, Unreachable
+from espm.keystore.files import LockedFolder, fsync_dir, remove_abandoned, replace_atomically
 from espm.keystore.inotify import FolderWatch
 from espm.keystore.source import DATA, Snapshot, SourceError, read_snapshot
 from espm.keystore.tool import EXIT_USAGE, KeystoreTool, ToolRun
+from espm.keystore.values import value_files
 from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import StartupSignals
 
@@ -39,10 +41,9 @@ log = logging.getLogger("espm.keystore")
 
 KEYSTORE_NAME = "elasticsearch.keystore"
 WORK_PREFIX = ".espm-keystore-"
-# Where value files go when the pod has it: tmpfs, so a copy of a secret never reaches a disk
-# (and creating a hundred small files is ten times faster than on the config volume).
-VALUES_ROOT = Path("/dev/shm")
-VALUES_PREFIX = ".espm-values-"
+# Inside a work folder: the tool's ES_TMPDIR, and value files where memfds are not to be had.
+TMP_FOLDER = "tmp"
+VALUES_FOLDER = "values"
 DEBOUNCE = 0.1
 MAX_DEBOUNCE = 1.0
 BACKOFF_FIRST = 2.0
@@ -139,7 +140,7 @@ class KeystoreUpdater:
 
     async def initial_build(self) -> None:
         """Bring the keystore in line once, before Elasticsearch starts (never raises)."""
-        self._remove_stale_work_folders()
+        self._remove_leftovers()
         await self._try_update()
         if self.update_failures:
             # Even with the old keystore, a reload proves the credentials before it matters.
@@ -285,90 +286,81 @@ class KeystoreUpdater:
         """Write the keystore with `to_add` added and `to_remove` removed; False if none was due."""
         parent = self.path.parent
         try:
-            work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent))
+            work = LockedFolder(parent, WORK_PREFIX)
         except OSError as err:
-            raise UpdateError(f"cannot create a work folder in {parent}: {err.strerror}") from None
-        values: Path | None = None
+            raise UpdateError(f"cannot create a work folder in {parent}: {err.strerror or err}") from None
         try:
-            target = work / KEYSTORE_NAME
+            conf = work.path
+            target = conf / KEYSTORE_NAME
+            # The JVM's own temporary files (6.8 leaves a folder behind on every run) go here.
+            (conf / TMP_FOLDER).mkdir(mode=0o700)
             old = self._stat_current()
             if old is not None:
                 shutil.copy2(self.path, target)
-            values = self._values_folder(work)
-            pairs: list[tuple[str, str]] = []
-            for name in to_add:
-                file = values / name
-                fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(snapshot.values[name])
-                pairs.append((name, str(file)))
-            if pairs:
-                await self._add_files(pairs, work)
+            if to_add:
+                await self._add_files(snapshot, to_add, conf)
             if to_remove and target.is_file():
-                await self._remove(to_remove, work)
+                await self._remove(to_remove, conf)
             if not target.is_file():
-                if old is None and not pairs:
+                if old is None and not to_add:
                     return False  # no keystore, and nothing to put in one: nothing to remove either
                 raise UpdateError("the tool reported success but wrote no keystore")
             if old is not None:
                 os.chmod(target, old.st_mode & 0o7777)
-                if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
-                    os.chown(target, old.st_uid, old.st_gid)
+                _keep_owner(target, old)
             with target.open("rb") as f:
                 os.fsync(f.fileno())
             os.replace(target, self.path)
-            _fsync_dir(parent)
+            fsync_dir(parent)
             self._written_digest = sha256_file(self.path)
             return True
         except OSError as err:
             raise UpdateError(f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")) from None
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-            if values is not None and not values.is_relative_to(work):
-                shutil.rmtree(values, ignore_errors=True)
+            work.remove()
 
-    @staticmethod
-    def _values_folder(work: Path) -> Path:
-        """A fresh 0700 folder for the value files: in /dev/shm if we may write there."""
-        if os.access(VALUES_ROOT, os.W_OK | os.X_OK):
-            try:
-                return Path(tempfile.mkdtemp(prefix=f"{VALUES_PREFIX}{os.getpid()}-", dir=VALUES_ROOT))
-            except OSError:
-                pass  # full, or not what it seemed: the work folder will do
-        folder = work / "values"
-        folder.mkdir(mode=0o700)
-        return folder
-
-    async def _add_files(self, pairs: list[tuple[str, str]], work: Path) -> None:
-        # `--` ends the tool's options: whatever a name looks like, it is never read as one (names
-        # beginning with `-` are left out before this; this is the belt to those braces).
-        if self._batch is not False and len(pairs) > 1:
-            run = await self.tool.run(["add-file", "-f", "--", *_flat(pairs)], work)
-            if run.ok:
-                self._batch = True
+    async def _add_files(self, snapshot: Snapshot, names: list[str], conf: Path) -> None:
+        if self._batch is not False and len(names) > 1:
+            for chunk in _chunks(names, _descriptor_budget()):
+                run = await self._add_run(snapshot, chunk, conf)
+                if run.ok:
+                    self._batch = True
+                    continue
+                if not (run.exit_code == EXIT_USAGE and self._batch is None):
+                    raise UpdateError(run.describe())
+                # A usage error: a tool older than 7.7 (one pair per run), or something in this
+                # input. Only a run whose input is fixed tells the two apart; the input never decides.
+                if await self._probe_batches(conf) is not False:
+                    raise UpdateError(run.describe())
+                log.info("the keystore tool takes one setting per run (before 7.7): adding one by one")
+                self._batch = False
+                break
+            else:
                 return
-            if not (run.exit_code == EXIT_USAGE and self._batch is None):
-                raise UpdateError(run.describe())
-            # A usage error: a tool older than 7.7 (one pair per run), or something in this input.
-            # Only a run whose input is fixed tells the two apart; the input never decides.
-            if await self._probe_batches(work) is not False:
-                raise UpdateError(run.describe())
-            log.info("the keystore tool takes one setting per run (before 7.7): adding one by one")
-            self._batch = False
-        for name, file in pairs:
-            self._check(await self.tool.run(["add-file", "-f", "--", name, file], work))
+        for name in names:
+            self._check(await self._add_run(snapshot, [name], conf))
 
-    async def _probe_batches(self, work: Path) -> bool | None:
+    async def _add_run(self, snapshot: Snapshot, names: list[str], conf: Path) -> ToolRun:
+        """One `add-file` run for `names`; `--` ends the tool's options, so whatever a name looks
+        like it is never read as one (names beginning with `-` are left out before this: a belt)."""
+        with value_files(snapshot.values, names, conf / VALUES_FOLDER) as (pairs, fds):
+            return await self.tool.run(
+                ["add-file", "-f", "--", *_flat(pairs)], conf, tmp_dir=conf / TMP_FOLDER, pass_fds=fds
+            )
+
+    async def _probe_batches(self, conf: Path) -> bool | None:
         """Whether the tool takes several add-file pairs, asked with fixed names in a scratch folder.
 
         None when the probe itself failed otherwise: nothing is learned then.
         """
-        folder = work / "probe"
+        folder = conf / "probe"
         folder.mkdir(mode=0o700)
         value = folder / "value"
         value.write_bytes(b"")
         run = await self.tool.run(
-            ["add-file", "-f", "--", *_flat([(n, str(value)) for n in PROBE_PAIRS])], folder
+            ["add-file", "-f", "--", *_flat([(n, str(value)) for n in PROBE_PAIRS])],
+            folder,
+            tmp_dir=conf / TMP_FOLDER,
         )
         if run.ok:
             self._batch = True
@@ -381,17 +373,17 @@ class KeystoreUpdater:
         return None
 
     async def _remove(self, names: list[str], work: Path) -> None:
-        run = await self.tool.run(["remove", "--", *names], work)
+        run = await self.tool.run(["remove", "--", *names], work, tmp_dir=work / TMP_FOLDER)
         if run.ok:
             return
         if run.exit_code != EXIT_NOT_IN_KEYSTORE:
             raise UpdateError(run.describe())
         # Some were already gone (the keystore was changed behind our back): remove the rest.
-        listing = self._check(await self.tool.run(["list"], work))
+        listing = self._check(await self.tool.run(["list"], work, tmp_dir=work / TMP_FOLDER))
         present = set(listing.stdout.split())
         rest = [n for n in names if n in present]
         if rest:
-            self._check(await self.tool.run(["remove", "--", *rest], work))
+            self._check(await self.tool.run(["remove", "--", *rest], work, tmp_dir=work / TMP_FOLDER))
 
     @staticmethod
     def _check(run: ToolRun) -> ToolRun:
@@ -424,29 +416,27 @@ class KeystoreUpdater:
     def _write_managed(self, names: set[str]) -> None:
         if names == self._read_managed() and self.managed_path.exists():
             return
-        tmp = self.managed_path.with_name(f".{self.managed_path.name}.tmp")
         try:
-            tmp.write_text(json.dumps(sorted(names)) + "\n")
-            os.replace(tmp, self.managed_path)
+            # Through a temporary file that a failure (a full disk) never leaves behind, with the
+            # folder's fsync: the record must be durable before the keystore gets the names.
+            replace_atomically(self.managed_path, (json.dumps(sorted(names)) + "\n").encode(), 0o644)
         except OSError as err:
             raise UpdateError(
                 f"cannot record the managed setting names in {self.managed_path}: {err.strerror or err}"
             ) from None
 
-    def _remove_stale_work_folders(self) -> None:
-        # A crash mid-update may have left one, with copies of secret values in it.
-        with contextlib.suppress(OSError):
-            for entry in self.path.parent.iterdir():
-                if entry.name.startswith(WORK_PREFIX) and entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-        # Value folders are named after the pid that made them: only a dead one's are stale.
-        with contextlib.suppress(OSError):
-            for entry in VALUES_ROOT.iterdir():
-                if not entry.name.startswith(VALUES_PREFIX) or entry.stat().st_uid != os.getuid():
-                    continue
-                owner = entry.name.removeprefix(VALUES_PREFIX).split("-", 1)[0]
-                if owner.isdigit() and not _alive(int(owner)):
-                    shutil.rmtree(entry, ignore_errors=True)
+    def _remove_leftovers(self) -> None:
+        """Before the first build: what crashed runs left beside the keystore."""
+        # A work folder (a keystore copy, maybe fallback value files) whose holder died: its lock
+        # is free. A live manager's in another PID namespace keeps its lock, and its folder.
+        for name in remove_abandoned(self.path.parent, WORK_PREFIX):
+            log.info("removed %s, left by an update that did not finish", name)
+        # The tool's (and Elasticsearch's) own temporary file, left by a crashed save: both create
+        # it exclusively, so while it is there every save fails, the node's start-up rewrite too.
+        stale = self.path.with_name(self.path.name + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            log.warning("removed %s, left by a keystore save that did not finish", stale)
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -560,19 +550,26 @@ def _flat(pairs: Sequence[tuple[str, str]]) -> list[str]:
     return [part for pair in pairs for part in pair]
 
 
-def _alive(pid: int) -> bool:
+def _chunks(names: list[str], size: int) -> list[list[str]]:
+    return [names[i : i + size] for i in range(0, len(names), size)]
+
+
+def _descriptor_budget() -> int:
+    """How many value descriptors one run may carry: half of what the soft limit leaves."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(1, soft // 2 - 64)
+
+
+def _keep_owner(target: Path, old: os.stat_result) -> None:
+    """Give the new keystore the old one's owner; the tool never sees that owner (see README)."""
+    if (old.st_uid, old.st_gid) == (os.geteuid(), os.getegid()):
+        return
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+        os.chown(target, old.st_uid, old.st_gid)
     except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        raise UpdateError(
+            f"cannot keep the keystore's owner (uid {old.st_uid}, gid {old.st_gid}): espm runs as uid "
+            f"{os.geteuid()} and may not give a file away; run espm as uid {old.st_uid} or as root"
+        ) from None
