@@ -91,6 +91,8 @@ class KeystoreSetup:
             "KEYSTORE_BINARY": str(self.binary),
             "KEYSTORE_PATH": str(self.keystore),
             "STANDIN_KEYSTORE_LOG": str(self.log),
+            # The tool's path unless a test asks for another writer (the native one runs no tool).
+            "KEYSTORE_WRITER": "tool",
         }
         return base_env(**{**settings, **extra})
 

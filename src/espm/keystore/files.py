@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -80,14 +81,15 @@ class LockedFolder:
             self._fd = -1
 
 
-def _try_lock(path: Path) -> int | None:
+def _try_lock(path: Path, directory: bool = True) -> int | None:
     """An open descriptor of `path` holding its exclusive lock, or None when someone holds it.
 
-    Also None when `path` was removed or replaced meanwhile: the lock must be on the folder that
-    is at `path` now, or a sweep that removed it would not have seen us.
+    Also None when `path` was removed or replaced meanwhile: the lock must be on the folder (or
+    file) that is at `path` now, or a sweep that removed it would not have seen us.
     """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_DIRECTORY if directory else os.O_NONBLOCK)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, flags)
     except OSError:
         return None
     try:
@@ -100,24 +102,45 @@ def _try_lock(path: Path) -> int | None:
     return None
 
 
-def remove_abandoned(parent: Path, prefix: str) -> list[str]:
-    """Remove the folders in `parent` named `prefix*` whose lock nobody holds; their names."""
+def remove_abandoned(parent: Path, prefix: str, suffix: str = "", directory: bool = True) -> list[str]:
+    """Remove the folders (or files) in `parent` named `prefix*suffix` whose lock nobody holds;
+    their names."""
     removed: list[str] = []
     try:
         entries = sorted(os.listdir(parent))
     except OSError:
         return removed
     for name in entries:
-        if not name.startswith(prefix):
+        if not (name.startswith(prefix) and name.endswith(suffix)):
             continue
         path = parent / name
-        fd = _try_lock(path)
+        fd = _try_lock(path, directory)
         if fd is None:
             continue  # a live manager's, or gone
         try:
-            # Removed while locked: its maker, should it still be starting, sees the folder gone.
-            shutil.rmtree(path, ignore_errors=True)
+            # Removed while locked: its maker, should it still be starting, sees it gone.
+            if directory:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
             removed.append(name)
+        except OSError:
+            continue
         finally:
             os.close(fd)
     return removed
+
+
+def create_locked_file(parent: Path, prefix: str, suffix: str) -> tuple[Path, int]:
+    """A new empty 0600 file `prefix<random>suffix` in `parent`, open for writing and locked."""
+    for _ in range(_ATTEMPTS):
+        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return path, fd
+        except OSError:
+            pass  # a sweep caught it between the create and the lock: it removes it
+        os.close(fd)
+    raise OSError(f"cannot lock a temporary file in {parent}")

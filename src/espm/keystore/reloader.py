@@ -29,6 +29,7 @@ class Reloader:
         written_digest: Callable[[], str | None],
         update_failing: Callable[[], bool],
         on_version: Callable[[str], None],
+        password: Callable[[], str] = str,
     ) -> None:
         self.reloads = 0
         self.failures = 0
@@ -37,6 +38,7 @@ class Reloader:
         self._written_digest = written_digest
         self._update_failing = update_failing
         self._on_version = on_version
+        self._password = password
         self._needed = asyncio.Event()
 
     def request(self) -> None:
@@ -90,7 +92,7 @@ class Reloader:
         self._needed.clear()
         written = self._written_digest()
         try:
-            answer = await self._client.reload_secure_settings()
+            answer = await self._client.reload_secure_settings(self._password())
         except Unreachable as err:
             raise UpdateError(str(err)) from None
         problems = reload_problems(answer.status, answer.json(), written)

@@ -19,13 +19,15 @@ import time
 from typing import Any
 
 from espm.config import KeystoreConfig
+from espm.keystore.auto_writer import AutoWriter
 from espm.keystore.elasticsearch import ElasticsearchClient
 from espm.keystore.files import remove_abandoned, replace_atomically
 from espm.keystore.inotify import FolderWatch
+from espm.keystore.native_writer import TMP_SUFFIX, NativeWriter, PasswordError, tmp_prefix
 from espm.keystore.plan import make_plan
 from espm.keystore.reloader import ES_POLL, Reloader
 from espm.keystore.source import DATA, SourceError, read_snapshot
-from espm.keystore.status import FAILED_UPDATE, UPDATED, StatusBoard, UpdaterState, backoff
+from espm.keystore.status import BACKOFF_CAP, FAILED_UPDATE, UPDATED, StatusBoard, UpdaterState, backoff
 from espm.keystore.tool import KeystoreTool
 from espm.keystore.tool_writer import WORK_PREFIX, ToolWriter
 from espm.keystore.writer import KeystoreWriter, UpdateError, sha256_file
@@ -47,7 +49,16 @@ class KeystoreUpdater:
         self.managed_path = config.path.with_name(config.path.name + ".managed")
         self.tool = KeystoreTool(config.binary, config.tool_timeout, reaper, startup)
         self._tool_writer = ToolWriter(config.path, self.tool, config.es_version)
-        self.writer: KeystoreWriter = self._tool_writer
+        self._native_writer = NativeWriter(config.path, config.password_file, config.es_version)
+        self.writer: KeystoreWriter
+        if config.writer == "tool":
+            self.writer = self._tool_writer
+        elif config.writer == "native":
+            self.writer = self._native_writer
+        else:
+            self.writer = AutoWriter(self._native_writer, self._tool_writer)
+        self.last_writer: str | None = None  # who wrote (or tried) last: "native" or "tool"
+        self._slow_retry = False  # the last failure will not heal by itself (a wrong password)
         self.board = StatusBoard()
         self.settings: list[str] = []
         self.invalid: list[str] = []
@@ -64,6 +75,7 @@ class KeystoreUpdater:
                 written_digest=lambda: self._written_digest,
                 update_failing=lambda: self.update_failures > 0,
                 on_version=self._learn_version,
+                password=self._native_writer.password,
             )
         self._changed = asyncio.Event()
         self._watch: FolderWatch | None = None
@@ -99,11 +111,14 @@ class KeystoreUpdater:
             "invalid_settings": list(self.invalid),
             "updates": self.updates,
             "reloads": self.reloads,
+            "writer": self.last_writer,
         }
 
     def _learn_version(self, version: str) -> None:
         if not self.config.es_version:
             self._tool_writer.learn_version(version)
+            # Lets the native writer create a keystore that went missing, in the node's format.
+            self._native_writer.es_version = version
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -124,6 +139,9 @@ class KeystoreUpdater:
             self.update_failures = 0
         except UpdateError as err:
             self.update_failures += 1
+            # A wrong password fails the same way until the Secret or the password file changes:
+            # retried at the backoff's cap (and at once on a directory change), not in a storm.
+            self._slow_retry = isinstance(err, PasswordError)
             self.board.set(UpdaterState.FAILED, f"{FAILED_UPDATE}{err}")
         except Exception as err:
             # A bug or an unforeseen error: the message names the error, never a value.
@@ -167,6 +185,8 @@ class KeystoreUpdater:
     async def _watch_loop(self) -> None:
         while True:
             timeout = backoff(self.update_failures) if self.update_failures else None
+            if timeout is not None and self._slow_retry:
+                timeout = BACKOFF_CAP
             if self._watch is not None and not self._watch.watching:
                 # The folder itself went away (a remount): look for it again now and then.
                 timeout = min(timeout or ES_POLL, ES_POLL)
@@ -214,7 +234,11 @@ class KeystoreUpdater:
         if plan.changes:
             self._write_managed(plan.record)
             started = time.monotonic()
-            if await self.writer.write(snapshot.values, plan.write, plan.remove):
+            try:
+                written = await self.writer.write(snapshot.values, plan.write, plan.remove)
+            finally:
+                self.last_writer = self.writer.name
+            if written:
                 self._written_digest = sha256_file(self.path)
                 log.info(
                     "keystore updated (%s writer): %d added or changed, %d removed",
@@ -286,6 +310,9 @@ class KeystoreUpdater:
         # A work folder (a keystore copy, maybe fallback value files) whose holder died: its lock
         # is free. A live manager's in another PID namespace keeps its lock, and its folder.
         for name in remove_abandoned(self.path.parent, WORK_PREFIX):
+            log.info("removed %s, left by an update that did not finish", name)
+        # The native writer's temporary file (encrypted, but a copy all the same), likewise.
+        for name in remove_abandoned(self.path.parent, tmp_prefix(self.path), TMP_SUFFIX, directory=False):
             log.info("removed %s, left by an update that did not finish", name)
         # The tool's (and Elasticsearch's) own temporary file, left by a crashed save: both create
         # it exclusively, so while it is there every save fails, the node's start-up rewrite too.
