@@ -42,7 +42,7 @@ def _top_parser() -> argparse.ArgumentParser:
         "  run        run the manager (the default): starts CMD, or PM_PROC_CMD\n"
         "  status     show the managed process's status\n"
         "  start, stop, kill   act on the managed process\n"
-        "  keystore   show the keystore updater's status\n"
+        "  keystore [status|list|sync]   the updater's status; list or sync a keystore file\n"
         "  demo       run espm on a built-in demo (stand-in Elasticsearch and keystore tool)\n"
         "\nexit status of run: the process's own (128+N for signal N), 2 on a configuration "
         "error,\n127/126 when the command cannot be started.",
@@ -155,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup.unblock()
         _top_parser().parse_args(args)
         return 0
+    if command == "keystore":
+        startup.unblock()
+        from espm.keystore.commands import main as keystore_main
+
+        return keystore_main(args[1:])
     if command in CLIENT_COMMANDS:
         startup.unblock()
         from espm.client import main as client_main

@@ -57,20 +57,20 @@ def read_keystore(path: Path, password: str) -> ksf.Keystore | None:
         raise UnreadableKeystore(f"{path}: {err}") from None
 
 
-def rewrite(
-    path: Path,
+def changed(
+    keystore: ksf.Keystore | None,
     values: Mapping[str, bytes],
     add: Sequence[str],
     remove: Sequence[str],
     password: str = "",
     es_version: str = "",
-) -> bool:
-    """Set `add`, remove `remove`, keep the rest; False when there is no keystore and nothing to add."""
-    old = current_stat(path)
-    keystore = read_keystore(path, password)
+    path: Path | None = None,
+) -> ksf.Keystore | None:
+    """`keystore` with `add` set and `remove` gone, the rest kept in order; a new keystore (fresh
+    seed, format of `es_version`) when there is none; None when there is none and nothing to add."""
     if keystore is None:
         if not add:
-            return False
+            return None
         if not es_version:
             raise UpdateError(
                 f"there is no keystore at {path}, and no Elasticsearch version to choose its format "
@@ -80,11 +80,17 @@ def rewrite(
             keystore = ksf.Keystore.new(ksf.format_for_es_version(es_version), has_password=bool(password))
         except ValueError as err:
             raise UpdateError(str(err)) from None
-        old = None
     present = [name for name in remove if name in keystore.entries]
     try:
-        changed = keystore.with_entries({name: values[name] for name in add}, present)
-        data = ksf.encode(changed, password)
+        return keystore.with_entries({name: values[name] for name in add}, present)
+    except (ValueError, ksf.KeystoreFormatError) as err:
+        raise UpdateError(str(err)) from None
+
+
+def save(path: Path, keystore: ksf.Keystore, password: str, old: os.stat_result | None) -> None:
+    """Encrypt `keystore` into a locked temporary file beside `path` and install it over `path`."""
+    try:
+        data = ksf.encode(keystore, password)
     except (ValueError, ksf.KeystoreFormatError) as err:
         raise UpdateError(str(err)) from None
     try:
@@ -100,6 +106,23 @@ def rewrite(
         with contextlib.suppress(OSError):
             os.unlink(tmp)  # gone already when installed
         os.close(fd)
+
+
+def rewrite(
+    path: Path,
+    values: Mapping[str, bytes],
+    add: Sequence[str],
+    remove: Sequence[str],
+    password: str = "",
+    es_version: str = "",
+) -> bool:
+    """Set `add`, remove `remove`, keep the rest; False when there is no keystore and nothing to add."""
+    old = current_stat(path)
+    current = read_keystore(path, password)
+    new = changed(current, values, add, remove, password, es_version, path)
+    if new is None:
+        return False
+    save(path, new, password, old if current is not None else None)
     return True
 
 
