@@ -320,3 +320,17 @@ def test_with_the_native_writer_no_value_file_and_no_work_folder_is_ever_made(
     assert beside(ks) == {KEYSTORE, KEYSTORE + ".managed"}
     assert not shm_files_holding(VALUE.encode())
     wait_for(lambda: dict(entries(ks.keystore))["n0"] == f"{VALUE}-2-0".encode())
+
+
+def test_an_entry_added_by_hand_between_two_native_updates_survives(espm: Any, ks: KeystoreSetup) -> None:
+    shutil.copyfile(REAL / BY_FORMAT[6], ks.keystore)
+    ks.secrets.write({"a": "1"})
+    manager = start(espm, ks.env(KEYSTORE_WRITER="native"))
+    ks.secrets.write({"a": "2"})
+    wait_status(manager, lambda s: s["updates"] == 2)
+    # Behind the updater's back: the file is no longer the one it wrote last.
+    ks.tool("add", "-x", "-f", "by.hand", stdin=b"hand-value\n")
+    ks.secrets.write({"a": "3"})
+    wait_status(manager, lambda s: s["updates"] == 3)
+    got = dict(entries(ks.keystore))
+    assert got["by.hand"] == b"hand-value" and got["a"] == b"3"
