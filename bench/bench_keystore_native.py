@@ -9,6 +9,7 @@ given format version (3 to 7, made by espm's format module, holding `keystore.se
   (after the time is taken) to check that it holds every new value and no longer the removed
   setting. Each change gives every setting a new value and drops one extra setting; an unmeasured
   change before each puts the extra setting back, so every measured change is the same.
+- RSS: the manager's VmRSS, idle 1 s after the last change (PM_METRICS and PM_EXP_VARS on).
 - native: KEYSTORE_WRITER=native. tool (the anchor, same run): KEYSTORE_WRITER=tool with the
   stand-in `elasticsearch-keystore`, sleeping STANDIN_KEYSTORE_DELAY=0.7 s per run as a JVM start
   would, on a format 6 keystore (the stand-in imitates 8.15.0).
@@ -32,7 +33,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import PYTHON, BenchError, Context, Result, Row, espm_env, free_port, median, running, wait_for
+from harness import (
+    PYTHON,
+    BenchError,
+    Context,
+    Result,
+    Row,
+    espm_env,
+    free_port,
+    kib,
+    median,
+    proc_status,
+    running,
+    wait_for,
+)
 
 from espm.keystore import format as ksf
 from espm.standins.secret import SecretVolume
@@ -54,6 +68,7 @@ CASES = (
 SYNC_LIMIT = 0.300
 SYNC_FORMATS = (5, 6, 7)  # the tool anchor runs beside format 6 (the stand-in writes 6)
 EXTRA = "bench.extra.stale"
+RSS: dict[tuple[str, int, int], float] = {}  # (writer, format, settings) -> idle MiB after the changes
 KEYSTORE = "elasticsearch.keystore"
 
 
@@ -139,6 +154,8 @@ def measure_updates(fmt: int, count: int, writer: str, rounds: int) -> list[floa
             KEYSTORE_PATH=str(folders.keystore),
             KEYSTORE_WRITER=writer,
             STANDIN_KEYSTORE_DELAY=TOOL_DELAY,
+            PM_METRICS="true",
+            PM_EXP_VARS="true",
         )
         with running("espm", ["sleep", "600"], False, env) as espm:
 
@@ -159,6 +176,8 @@ def measure_updates(fmt: int, count: int, writer: str, rounds: int) -> list[floa
             doc = status(port)
             if doc["state"] != "running" or doc["writer"] != writer:
                 raise BenchError(f"espm ({writer}): unexpected status {doc}")
+            time.sleep(1.0)  # idle
+            RSS[(writer, fmt, count)] = kib(proc_status(espm.manager)["VmRSS"]) / 1024
             return out
 
 
@@ -267,11 +286,21 @@ def run(ctx: Context) -> Result:
                 median(espm_times) < SYNC_LIMIT,
             )
         )
+    native_rss, tool_rss = RSS.get(("native", 7, 100)), RSS.get(("tool", 6, 100))
+    if native_rss is not None and tool_rss is not None:
+        res.rows.append(
+            Row(
+                "manager idle RSS after the changes, 100 settings",
+                "MiB",
+                {"espm": native_rss, "tool": tool_rss},
+            )
+        )
     res.details = {
         "figures_s": figures,
         "python_floor_s": floor,
         "tool_delay_s": float(TOOL_DELAY),
         "load_average": os.getloadavg(),
+        "idle_rss_mib": {f"{w} format {f}, {c}": v for (w, f, c), v in RSS.items()},
     }
     res.notes.append(
         f"native: median of {rounds} changes per case; tool: {len(tool)} changes, stand-in tool "

@@ -21,14 +21,17 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from espm.keystore import format as ksf
 from espm.keystore.files import create_locked_file, write_all
 from espm.keystore.writer import UpdateError, current_stat, describe_os_error, install
 
 TMP_SUFFIX = ".tmp"
+T = TypeVar("T")
 
 
 def tmp_prefix(path: Path) -> str:
@@ -122,6 +125,40 @@ def save(path: Path, keystore: ksf.Keystore, password: str, old: os.stat_result 
     return data
 
 
+def in_thread(work: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """Run `work(*args)` in a thread of its own, which ends with it.
+
+    PBKDF2 (210,000 rounds from format 6, 110 ms and more) runs with the GIL released: meanwhile
+    the loop keeps serving and signal handlers keep running at once, which they could not behind
+    a long call on the main thread. Not the loop's executor: its idle threads would stay for good,
+    and the manager is single-threaded but while a keystore is written (the supervisor forks the
+    managed process, and its child runs a little Python before exec).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = work(*args)
+        except BaseException as err:  # handed to the awaiting task, which decides
+            error = err
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="espm-keystore-write", daemon=True).start()
+    return done
+
+
 class NativeWriter:
     """Writes the keystore at `path` with format.py; the key derivation runs off the event loop."""
 
@@ -148,8 +185,7 @@ class NativeWriter:
 
     async def write(self, values: Mapping[str, bytes], add: Sequence[str], remove: Sequence[str]) -> bool:
         password = self.password()
-        # PBKDF2 (210,000 rounds from format 6) runs with the GIL released: the loop keeps serving.
-        return await asyncio.to_thread(self._rewrite, values, add, remove, password)
+        return await in_thread(self._rewrite, values, add, remove, password)
 
     def _rewrite(
         self, values: Mapping[str, bytes], add: Sequence[str], remove: Sequence[str], password: str
