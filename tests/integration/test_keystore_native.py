@@ -334,3 +334,19 @@ def test_an_entry_added_by_hand_between_two_native_updates_survives(espm: Any, k
     wait_status(manager, lambda s: s["updates"] == 3)
     got = dict(entries(ks.keystore))
     assert got["by.hand"] == b"hand-value" and got["a"] == b"3"
+
+
+def test_every_native_write_draws_a_fresh_iv(espm: Any, ks: KeystoreSetup) -> None:
+    shutil.copyfile(REAL / BY_FORMAT[7], ks.keystore)
+    original = ref.read(ks.keystore.read_bytes())
+    ks.secrets.write({"a": "1"})
+    manager = start(espm, ks.env(KEYSTORE_WRITER="native"))
+    ivs = {original.iv}
+    for value in ("2", "3"):
+        ks.secrets.write({"a": value})
+        wait_for(lambda v=value: dict(entries(ks.keystore)).get("a") == v.encode())
+        read = ref.read(ks.keystore.read_bytes())
+        # The salt (so the key) is the file's own; one IV twice under one key is what breaks GCM.
+        assert read.salt == original.salt and read.iv not in ivs and len(read.iv) == 12
+        ivs.add(read.iv)
+    assert status(manager)["updates"] == 3

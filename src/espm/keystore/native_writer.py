@@ -10,16 +10,15 @@ Rules of this module:
 - It never overwrites a file it cannot parse: the error names the cause and the file stays.
 - A missing keystore is created (with a fresh `keystore.seed`) in the format of the Elasticsearch
   version given, or learned from the node; without one, it is not created.
-- The entries it wrote last stay in memory with the digest of that file: while the file on disk is
-  still that one, the next update skips decrypting it (one PBKDF2 of 210,000 rounds, about 110 ms,
-  instead of two). Any other file, or another password, is decrypted as usual.
+- A rewrite keeps the file's salt and draws a fresh IV, so the key decoding derived serves the
+  encryption too (format.py keeps the last key): one PBKDF2 per read-change-write at most, and none
+  for the file it wrote last. AES-GCM stays sound under one key while every IV is new.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -106,7 +105,9 @@ def save(path: Path, keystore: ksf.Keystore, password: str, old: os.stat_result 
     """Encrypt `keystore` into a locked temporary file beside `path`, install it over `path`; the
     bytes written."""
     try:
-        data = ksf.encode(keystore, password)
+        # The salt it was read with, and a fresh IV: the key is the one decoding derived (format.py
+        # keeps the last one), so a change costs no second PBKDF2 (210,000 rounds from format 6).
+        data = ksf.encode(keystore, password, salt=keystore.salt)
     except (ValueError, ksf.KeystoreFormatError) as err:
         raise UpdateError(str(err)) from None
     try:
@@ -168,7 +169,6 @@ class NativeWriter:
         self.path = path
         self.password_file = password_file
         self.es_version = es_version
-        self._last: tuple[bytes, str, ksf.Keystore] | None = None  # digest, password, entries written
 
     def password(self) -> str:
         """Read at each write, so a fixed password file is picked up without a restart."""
@@ -191,18 +191,9 @@ class NativeWriter:
         self, values: Mapping[str, bytes], add: Sequence[str], remove: Sequence[str], password: str
     ) -> bool:
         old = current_stat(self.path)
-        data = read_file(self.path)
-        current = None if data is None else self._decode(data, password)
+        current = read_keystore(self.path, password)
         new = changed(current, values, add, remove, password, self.es_version, self.path)
         if new is None:
             return False
-        written = save(self.path, new, password, old if current is not None else None)
-        self._last = (hashlib.sha256(written).digest(), password, new)
+        save(self.path, new, password, old if current is not None else None)
         return True
-
-    def _decode(self, data: bytes, password: str) -> ksf.Keystore:
-        """The file decrypted; the one this writer wrote last (same bytes, same password) is known
-        already: its key derivation (about 110 ms from format 6) is skipped."""
-        if self._last is not None and self._last[:2] == (hashlib.sha256(data).digest(), password):
-            return self._last[2]
-        return decode_keystore(self.path, data, password)
