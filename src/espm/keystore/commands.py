@@ -198,13 +198,15 @@ def sync_command(argv: list[str]) -> int:
     plan = make_plan(digests, applied, managed)
     try:
         if plan.changes:
-            record_managed(record, plan.record)
+            if plan.record != managed:
+                record_managed(record, plan.record)
             new = native_writer.changed(
                 current, snapshot.values, plan.write, plan.remove, password, es_version, path
             )
             if new is not None:
                 native_writer.save(path, new, password, old if current is not None else None)
-        record_managed(record, set(digests))
+        if set(digests) != (plan.record if plan.changes else managed) or not record.exists():
+            record_managed(record, set(digests))
     except UpdateError as err:
         raise Failed(str(err)) from None
     print(

@@ -17,11 +17,10 @@ Rules of this module:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,7 +125,7 @@ def save(path: Path, keystore: ksf.Keystore, password: str, old: os.stat_result 
     return data
 
 
-def in_thread(work: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+def in_thread(work: Callable[..., T], *args: Any) -> Awaitable[T]:
     """Run `work(*args)` in a thread of its own, which ends with it.
 
     PBKDF2 (210,000 rounds from format 6, 110 ms and more) runs with the GIL released: meanwhile
@@ -135,6 +134,8 @@ def in_thread(work: Callable[..., T], *args: Any) -> asyncio.Future[T]:
     and the manager is single-threaded but while a keystore is written (the supervisor forks the
     managed process, and its child runs a little Python before exec).
     """
+    import asyncio  # here: `espm keystore sync` never needs it, and it costs 10 ms to import
+
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
 
