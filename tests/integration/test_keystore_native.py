@@ -4,9 +4,12 @@ read back by the independent reader (tests/keystore_reference.py), never by espm
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
+import random
 import shutil
+import signal
 import stat
 import time
 from pathlib import Path
@@ -350,3 +353,51 @@ def test_every_native_write_draws_a_fresh_iv(espm: Any, ks: KeystoreSetup) -> No
         assert read.salt == original.salt and read.iv not in ivs and len(read.iv) == 12
         ivs.add(read.iv)
     assert status(manager)["updates"] == 3
+
+
+def test_a_manager_killed_at_any_point_of_native_updates_leaves_the_old_file_or_the_new_one(
+    espm: Any, ks: KeystoreSetup
+) -> None:
+    shutil.copyfile(REAL / BY_FORMAT[7], ks.keystore)
+    foreign = entries(ks.keystore)
+    versions: list[dict[str, bytes]] = []
+    rng = random.Random(7)
+    for round in range(6):
+        values = {f"n{i}": f"{VALUE}-{round}-{i}".encode() for i in range(30)}
+        versions.append(values)
+        ks.secrets.write(values)
+        manager = espm(CHILD, env=ks.env(KEYSTORE_WRITER="native"))
+        manager.wait_log("watching .* for changes")
+        for step in range(3):  # changes under way when the kill comes, at a random moment
+            values = {f"n{i}": f"{VALUE}-{round}-{step}-{i}".encode() for i in range(30 - step)}
+            versions.append(values)
+            ks.secrets.write(values)
+            time.sleep(rng.uniform(0, 0.03))
+        manager.signal(signal.SIGKILL)
+        manager.wait()
+        got = entries(ks.keystore)  # complete, decryptable, and one of the versions written
+        assert got[: len(foreign)] == foreign
+        assert dict(got[len(foreign) :]) in versions
+    # What the killed managers left (locked temporary files whose holders died) goes at the next start.
+    manager = start(espm, ks.env(KEYSTORE_WRITER="native"))
+    assert beside(ks) == {KEYSTORE, KEYSTORE + ".managed"}
+    assert dict(entries(ks.keystore)[len(foreign) :]) == versions[-1]
+
+
+def test_temporary_files_of_dead_writers_go_at_start_and_a_live_writers_stay(
+    espm: Any, ks: KeystoreSetup
+) -> None:
+    shutil.copyfile(REAL / BY_FORMAT[5], ks.keystore)
+    dead = ks.conf / f".{KEYSTORE}.espm-0dead0.tmp"  # its writer was killed: no lock on it
+    dead.write_bytes(b"half an encrypted keystore")
+    live = ks.conf / f".{KEYSTORE}.espm-11fe00.tmp"  # a writer in another PID namespace, mid-write
+    live.write_bytes(b"being written")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        ks.secrets.write({"a": "1"})
+        manager = start(espm, ks.env(KEYSTORE_WRITER="native"))
+        assert not dead.exists() and live.exists()
+        manager.wait_log(f"removed {dead.name}")
+    finally:
+        os.close(fd)
