@@ -326,7 +326,7 @@ def test_with_the_native_writer_no_value_file_and_no_work_folder_is_ever_made(
 
 
 def test_an_entry_added_by_hand_between_two_native_updates_survives(espm: Any, ks: KeystoreSetup) -> None:
-    shutil.copyfile(REAL / BY_FORMAT[6], ks.keystore)
+    shutil.copyfile(REAL / BY_FORMAT[5], ks.keystore)  # a format the stand-in tool (8.12) writes
     ks.secrets.write({"a": "1"})
     manager = start(espm, ks.env(KEYSTORE_WRITER="native"))
     ks.secrets.write({"a": "2"})
