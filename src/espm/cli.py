@@ -155,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup.unblock()
         _top_parser().parse_args(args)
         return 0
-    if command == "keystore":
+    if command == "keystore" and args[1:2] == ["status"]:
+        del args[1]  # `espm keystore status` is the plain `espm keystore`: the client's
+    if command == "keystore" and args[1:2] and args[1] in ("list", "sync", "-h", "--help"):
         startup.unblock()
         from espm.keystore.commands import main as keystore_main
 

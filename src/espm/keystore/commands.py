@@ -44,15 +44,12 @@ def _default(name: str) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
+    """`list`, `sync` or `--help`; `status` is the client's (cli.py sends it there)."""
     args = list(argv)
-    command = args[0] if args else "status"
+    command = args[0] if args else "--help"
     if command in ("-h", "--help"):
         print(HELP)
         return EXIT_OK
-    if command == "status" or command.startswith("-"):
-        from espm.client import main as client_main
-
-        return client_main("keystore", args[1:] if command == "status" else args)
     run = {"list": list_command, "sync": sync_command}.get(command)
     if run is None:
         print(f"espm keystore: unknown command {command!r} (expected status, list or sync)", file=sys.stderr)
