@@ -303,6 +303,7 @@ def measure_espm(count: int, rounds: int, ctx: Context) -> list[dict[str, Any]]:
                 KEYSTORE_ES_ENDPOINT=f"http://127.0.0.1:{es.port}",
                 KEYSTORE_ES_USERNAME=ES_USER,
                 KEYSTORE_ES_PASSWORD=ES_PASSWORD,
+                KEYSTORE_WRITER="tool",  # this benchmark is the tool's path (keystore-native: the other)
                 **folders.tool_env(),
             )
             with running("espm", ["sleep", "600"], False, env) as espm:
