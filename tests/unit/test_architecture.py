@@ -12,7 +12,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "espm"
 # Each part of espm, and the parts it may import. Data flows one way:
 # config -> manager -> (supervisor, api, keystore); supervisor/ and keystore/ never know the API.
 ALLOWED: dict[str, frozenset[str]] = {
-    "config": frozenset(),
+    "suggest": frozenset(),
+    "config": frozenset({"suggest"}),
     "logs": frozenset(),
     "system": frozenset(),
     "supervisor": frozenset({"config", "system"}),
@@ -20,7 +21,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "api": frozenset({"config", "system", "supervisor", "keystore", "manager"}),
     "manager": frozenset({"config", "system", "supervisor", "keystore", "api"}),
     "standins": frozenset({"system", "keystore"}),
-    "client": frozenset({"config", "system"}),
+    "client": frozenset({"config", "system", "suggest"}),
     "demo": frozenset({"system", "standins"}),
     "install": frozenset({"system"}),
     "cli": frozenset({"*"}),
