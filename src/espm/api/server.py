@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
+from espm.api import framing
 from espm.api.routes import Request, Response, Router
 from espm.api.tls import CertificateWatcher
 
@@ -34,6 +35,7 @@ MAX_CONNECTIONS = 512
 REQUEST_TIMEOUT = 10.0
 IDLE_TIMEOUT = 5.0  # as uvicorn: probes and the ctl client do not reuse connections
 LINGER = 0.5
+SCAN_STEP = 4096
 SWEEP_INTERVAL = 1.0
 SHUTDOWN_GRACE = 2.0
 
@@ -54,8 +56,16 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self.lingering = False
         self.request: h11.Request | None = None
-        self.head = False  # a HEAD request: the answer has headers only
+        self.head_only = False  # a HEAD request: the answer has headers only
         self.body = bytearray()
+        # Bytes received and not yet passed to h11: h11 gets a request head only once it is
+        # checked (framing.py), and a body only up to its end, so bytes that follow a refused
+        # head are never parsed as a request.
+        self.inbox = bytearray()
+        self.head = bytearray()  # the current request's head as received
+        self.remaining: int | None = 0  # body bytes still to pass on; None for a chunked body
+        self.close_after = False
+        self.eof = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -79,7 +89,7 @@ class Connection(asyncio.Protocol):
         if self.idle:
             self.idle = False
             self.deadline = self.server.now + REQUEST_TIMEOUT
-        self.h11.receive_data(data)
+        self.inbox += data
         if not self.busy:
             self._next_events()
 
@@ -87,10 +97,49 @@ class Connection(asyncio.Protocol):
         if self.lingering:
             self._close()
             return None
-        self.h11.receive_data(b"")
+        self.eof = True
         if not self.busy:
             self._next_events()
         return None
+
+    def _feed(self) -> bool:
+        """Pass h11 the next bytes it may see; False when there is nothing it may see yet."""
+        h = self.h11
+        inbox = self.inbox
+        if h.their_state is h11.IDLE:
+            if not inbox:
+                return self._feed_eof()
+            # A bounded slice: a pipelined flood is scanned a head at a time, not all at once.
+            n, _, fault = framing.scan_head(self.head, inbox[:SCAN_STEP])
+            if fault is not None:
+                self._fail(400, fault)
+                return False
+            if len(self.head) + n > MAX_HEAD:
+                self._fail(431, f"request line and headers larger than {MAX_HEAD} bytes")
+                return False
+            chunk = bytes(inbox[:n])
+            del inbox[:n]
+            self.head += chunk
+            h.receive_data(chunk)
+            return True
+        if h.their_state is h11.SEND_BODY:
+            if not inbox:
+                return self._feed_eof()
+            n = len(inbox) if self.remaining is None else min(self.remaining, len(inbox))
+            chunk = bytes(inbox[:n])
+            del inbox[:n]
+            if self.remaining is not None:
+                self.remaining -= n
+            h.receive_data(chunk)
+            return True
+        return False  # the request is in: what follows waits for this answer
+
+    def _feed_eof(self) -> bool:
+        if not self.eof or self.h11.their_state not in (h11.IDLE, h11.SEND_BODY):
+            return False
+        self.eof = False
+        self.h11.receive_data(b"")
+        return True
 
     # -- request cycle -----------------------------------------------------------------------
 
@@ -103,6 +152,8 @@ class Connection(asyncio.Protocol):
                 self._fail(err.error_status_hint, str(err))
                 return
             if event is h11.NEED_DATA:
+                if self._feed():
+                    continue
                 return
             if event is h11.PAUSED:
                 return  # a pipelined request waits until this cycle's answer is out
@@ -128,12 +179,28 @@ class Connection(asyncio.Protocol):
         if size > MAX_HEAD:
             self._fail(431, f"request line and headers larger than {MAX_HEAD} bytes")
             return False
+        if event.http_version not in (b"1.0", b"1.1"):
+            self._fail(505, f"HTTP/{event.http_version.decode()} is not supported; use HTTP/1.1")
+            return False
+        fault = framing.head_fault(self.head, event.http_version)
+        if fault is not None:
+            self._fail(400, fault)
+            return False
+        self.remaining = 0
         for name, value in event.headers:
-            if name == b"content-length" and int(value) > MAX_BODY:
-                self._fail(413, f"request body larger than {MAX_BODY} bytes")
-                return False
+            if name == b"content-length":
+                self.remaining = int(value)
+                if self.remaining > MAX_BODY:
+                    self._fail(413, f"request body larger than {MAX_BODY} bytes")
+                    return False
+            elif name == b"transfer-encoding":
+                # The end of a chunked body is found by h11 inside the bytes it is given, so
+                # what a client pipelined behind it is not passed on: the connection ends here.
+                self.remaining = None
+                self.close_after = True
         self.request = event
-        self.head = event.method == b"HEAD"
+        self.head_only = event.method == b"HEAD"
+        self.head.clear()
         self.body.clear()
         return True
 
@@ -189,7 +256,7 @@ class Connection(asyncio.Protocol):
         )
         headers = [content_type, (b"content-length", str(len(response.body)).encode())]
         headers += response.headers
-        if self.server.closing:
+        if self.server.closing or self.close_after:
             headers.append(_CLOSE)
         try:
             out = h.send(
@@ -197,7 +264,7 @@ class Connection(asyncio.Protocol):
                     status_code=response.status, headers=headers, reason=_REASONS.get(response.status, b"")
                 )
             )
-            if not self.head:
+            if not self.head_only:
                 out = (out or b"") + (h.send(h11.Data(data=response.body)) or b"")
             out = (out or b"") + (h.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:
@@ -217,7 +284,7 @@ class Connection(asyncio.Protocol):
         self.idle = True
         self.deadline = self.server.now + IDLE_TIMEOUT
         self.request = None
-        self.head = False
+        self.head_only = False
 
     def _fail(self, status: int, reason: str) -> None:
         """Answer a bad request with a final error, then drain and close."""
@@ -235,7 +302,7 @@ class Connection(asyncio.Protocol):
                     )
                     or b""
                 )
-                if not self.head:
+                if not self.head_only:
                     out += h.send(h11.Data(data=body)) or b""
                 out += h.send(h11.EndOfMessage()) or b""
                 self.transport.write(out)
