@@ -8,12 +8,20 @@ Rules of this module:
   reads the answer instead of a reset.
 - One timer for all connections: a sweep every second closes those past their deadline (a
   request not finished within REQUEST_TIMEOUT, or a keep-alive idle for IDLE_TIMEOUT).
+- A new connection is always served: at the cap, the least recently active connection that is
+  idle or still sending its request is closed to make room (a probe must not queue behind a
+  flood), and under pressure such connections hold their place for a short time only.
+- The server owns its accept loop. Out of descriptors (EMFILE), it sheds connections, accepts no
+  more than the process can hold until the flood passes, and says so once per episode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import resource
+import socket
 import ssl
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -32,6 +40,19 @@ log = logging.getLogger("espm.api")
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
 MAX_CONNECTIONS = 512
+FD_RESERVE = 32  # descriptors kept for the manager's own work: state file, tool pipes, Elasticsearch
+MIN_CONNECTIONS = 8
+PRESSURE = 0.75  # of the cap: from there, idle and incomplete connections get the short limits
+PRESSED_IDLE = 1.0
+PRESSED_REQUEST = 2.0
+ACCEPT_BATCH = 64  # accepts per wake-up, so a flood of connections cannot hog the loop
+# Evictions per wake-up: an evicted connection's descriptor is freed at the loop's next turn, so
+# this bounds how far past the cap the descriptors in use can go.
+EVICT_BATCH = 4
+EPISODE_QUIET = 10.0
+BACKOFF = (0.05, 1.0)
+# accept() errors that say the process or the system is out of something: waiting helps.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 REQUEST_TIMEOUT = 10.0
 IDLE_TIMEOUT = 5.0  # as uvicorn: probes and the ctl client do not reuse connections
 LINGER = 0.5
@@ -51,7 +72,9 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.transport: asyncio.Transport | None = None
+        self.handshake: asyncio.Task[object] | None = None  # until the transport is made
         self.deadline = 0.0
+        self.since = server.now  # when it entered its present state (idle or request)
         self.idle = True
         self.busy = False
         self.lingering = False
@@ -71,24 +94,29 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if len(self.server.connections) >= MAX_CONNECTIONS:
-            self.server.refused += 1
+        if self not in self.server.connections:  # evicted during its TLS handshake
             transport.abort()
             return
-        self.server.connections.add(self)
+        self.transport = transport
         self.deadline = self.server.now + IDLE_TIMEOUT
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.server.connections.pop(self, None)
         self.transport = None
+
+    def handshake_done(self, task: asyncio.Task[object]) -> None:
+        self.handshake = None
+        if task.cancelled() or task.exception() is not None:
+            # A failed TLS handshake: asyncio closed the socket; the protocol never started.
+            self.server.connections.pop(self, None)
 
     def data_received(self, data: bytes) -> None:
         if self.lingering or self.transport is None:
             return  # draining after a final answer
         if self.idle:
             self.idle = False
-            self.deadline = self.server.now + REQUEST_TIMEOUT
+            self.since = self.server.now
+            self.deadline = self.since + REQUEST_TIMEOUT
         self.inbox += data
         if not self.busy:
             self._next_events()
@@ -282,9 +310,11 @@ class Connection(asyncio.Protocol):
             self._close()
             return
         self.idle = True
-        self.deadline = self.server.now + IDLE_TIMEOUT
+        self.since = self.server.now
+        self.deadline = self.since + IDLE_TIMEOUT
         self.request = None
         self.head_only = False
+        self.server.touch(self)
 
     def _fail(self, status: int, reason: str) -> None:
         """Answer a bad request with a final error, then drain and close."""
@@ -322,7 +352,21 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
-        self.server.connections.discard(self)
+        self.server.connections.pop(self, None)
+
+    @property
+    def evictable(self) -> bool:
+        """Idle, lingering, or still sending its request: nothing of the manager's is at stake."""
+        return not self.busy
+
+    def evict(self) -> None:
+        """Close now to make room: the descriptor is freed at the loop's next turn."""
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+        elif self.handshake is not None:
+            self.handshake.cancel()
+        self.server.connections.pop(self, None)
 
     def expire(self) -> None:
         """The deadline passed: drop a slow client, close an idle one, or end a linger."""
@@ -333,7 +377,18 @@ class Connection(asyncio.Protocol):
                 self.server.timeouts += 1
                 self.transport.abort()  # a slowloris gets no courtesy
             self.transport = None
-        self.server.connections.discard(self)
+        elif self.handshake is not None:
+            self.server.timeouts += 1
+            self.handshake.cancel()
+        self.server.connections.pop(self, None)
+
+
+def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
+    """The connections the process can hold beside its own work, given RLIMIT_NOFILE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return limit
+    return max(MIN_CONNECTIONS, min(limit, soft - FD_RESERVE))
 
 
 class ApiServer:
@@ -343,48 +398,174 @@ class ApiServer:
         self.manager = manager
         self.config = manager.config.http
         self.router = Router(manager)
-        self.connections: set[Connection] = set()
+        # Least recently active first: a connection moves to the end when it is admitted and
+        # each time it is answered, so the front is where eviction looks.
+        self.connections: dict[Connection, None] = {}
         self.tasks: set[asyncio.Future[Response]] = set()
         self.closing = False
         self.now = 0.0
         self.requests = 0
         self.refused = 0
+        self.evicted = 0
         self.timeouts = 0
+        self.accept_failures = 0
         self.port = 0
-        self._server: asyncio.Server | None = None
+        self.cap = connection_cap()
+        self.capacity = self.cap  # lowered while descriptors run out
+        self._listener: socket.socket | None = None
+        self._context: ssl.SSLContext | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused: asyncio.TimerHandle | None = None
+        self._backoff = BACKOFF[0]
+        self._exhausted_at: float | None = None  # the last accept that ran out, in an episode
+        self._episode = (0, 0)  # accept failures and evictions when the episode began
         self._sweeper: asyncio.TimerHandle | None = None
         self._certificates: CertificateWatcher | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.now = loop.time()
-        context: ssl.SSLContext | None = None
         if self.config.tls:
             self._certificates = self.manager.tls
             assert self._certificates is not None
-            context = self._certificates.context
-        self._server = await loop.create_server(
-            lambda: Connection(self),
-            sock=self.manager.listener,
-            ssl=context,
-            ssl_handshake_timeout=REQUEST_TIMEOUT if context else None,
-            backlog=MAX_CONNECTIONS,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+            self._context = self._certificates.context
+        self._listener = self.manager.listener
+        self.port = self._listener.getsockname()[1]
+        loop.add_reader(self._listener.fileno(), self._accept)
         log.info(
             "API listening on %s://%s:%d",
-            "https" if context else "http",
+            "https" if self._context else "http",
             self.config.host,
             self.port,
             extra={"server.address": self.config.host, "server.port": self.port},
         )
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
+    # -- accepting ---------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self._loop is not None and self._listener is not None
+        self.now = self._loop.time()
+        evictions = 0
+        for _ in range(ACCEPT_BATCH):
+            if evictions >= EVICT_BATCH:
+                return  # the rest at the next turn, once the evicted ones' descriptors are free
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # nothing left to accept, or the client gave up before we got to it
+            except OSError as err:
+                self._accept_failed(err)
+                return
+            evictions += self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> int:
+        """Serve a new connection, making room if needed; how many connections it evicted."""
+        assert self._loop is not None
+        evicted = 0
+        if len(self.connections) >= self.capacity:
+            victim = self._least_active()
+            if victim is None:
+                # Every place holds a request the manager is answering: those come first.
+                self.refused += 1
+                sock.close()
+                return 0
+            victim.evict()
+            self.evicted += 1
+            evicted = 1
+        conn = Connection(self)
+        self.connections[conn] = None
+        conn.deadline = self.now + (REQUEST_TIMEOUT if self._context else IDLE_TIMEOUT)
+        task = self._loop.create_task(
+            self._loop.connect_accepted_socket(
+                lambda: conn,
+                sock,
+                ssl=self._context,
+                ssl_handshake_timeout=REQUEST_TIMEOUT if self._context else None,
+            )
+        )
+        conn.handshake = task
+        task.add_done_callback(conn.handshake_done)
+        return evicted
+
+    def _least_active(self) -> Connection | None:
+        for conn in self.connections:
+            if conn.evictable:
+                return conn
+        return None
+
+    def touch(self, conn: Connection) -> None:
+        if conn in self.connections:
+            del self.connections[conn]
+            self.connections[conn] = None
+
+    def _accept_failed(self, err: OSError) -> None:
+        """accept() failed for want of descriptors (or worse): shed, lower the cap, back off."""
+        assert self._loop is not None and self._listener is not None
+        self.accept_failures += 1
+        if self._exhausted_at is None:
+            self._episode = (self.accept_failures - 1, self.evicted)
+            log.warning(
+                "cannot accept connections (%s) with %d open: closing the least active ones and "
+                "accepting no more than that until the flood passes (said once per episode)",
+                err.strerror or err,
+                len(self.connections),
+                extra={"error.code": errno.errorcode.get(err.errno or 0, str(err.errno))},
+            )
+            if err.errno in OUT_OF_RESOURCES:
+                # The ceiling is where we are, less a margin for the manager's own descriptors.
+                self.capacity = max(1, min(self.capacity, len(self.connections) - FD_RESERVE // 4))
+        self._exhausted_at = self.now
+        if err.errno in OUT_OF_RESOURCES:
+            shed = 0
+            while shed < EVICT_BATCH and (victim := self._least_active()):
+                victim.evict()
+                self.evicted += 1
+                shed += 1
+                if len(self.connections) <= self.capacity:
+                    break
+            if shed:
+                return  # the descriptors are freed at the next turn, and accepting goes on then
+        # Nothing to shed, or an error waiting may cure: stop watching the socket for a while,
+        # since a listening socket with a pending connection stays readable and would spin.
+        self._loop.remove_reader(self._listener.fileno())
+        self._paused = self._loop.call_later(self._backoff, self._resume)
+        self._backoff = min(self._backoff * 2, BACKOFF[1])
+
+    def _resume(self) -> None:
+        self._paused = None
+        if not self.closing and self._loop is not None and self._listener is not None:
+            self._loop.add_reader(self._listener.fileno(), self._accept)
+
+    def _end_episode(self) -> None:
+        failures, evicted = self._episode
+        log.info(
+            "accepting connections normally again: %d accepts failed, %d connections closed to make room",
+            self.accept_failures - failures,
+            self.evicted - evicted,
+        )
+        self._exhausted_at = None
+        self.capacity = self.cap
+        self._backoff = BACKOFF[0]
+
+    # -- time ------------------------------------------------------------------------------
+
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        self.now = loop.time()
-        for conn in [c for c in self.connections if c.deadline <= self.now]:
-            conn.expire()
+        self.now = now = loop.time()
+        pressed = len(self.connections) >= self.capacity * PRESSURE
+        for conn in list(self.connections):
+            deadline = conn.deadline
+            if pressed and conn.evictable and not conn.lingering:
+                deadline = min(deadline, conn.since + (PRESSED_IDLE if conn.idle else PRESSED_REQUEST))
+            if deadline <= now:
+                conn.expire()
+        if (
+            self._exhausted_at is not None
+            and now - self._exhausted_at >= EPISODE_QUIET
+            and len(self.connections) < max(1, self.capacity // 2)
+        ):
+            self._end_episode()
         if self._certificates is not None:
             self._certificates.reload_if_changed()
         # The clock is read here, once a second, not per request: deadlines are coarse anyway.
@@ -395,9 +576,13 @@ class ApiServer:
         self.closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._server is None:
+        if self._listener is None or self._loop is None:
             return
-        self._server.close()
+        if self._paused is not None:
+            self._paused.cancel()
+        else:
+            self._loop.remove_reader(self._listener.fileno())
+        self._listener.close()
         for conn in list(self.connections):
             if conn.idle and conn.transport is not None:
                 conn._close()
