@@ -16,13 +16,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import base_env, free_port, wait_for
+from tests.conftest import wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 

@@ -43,7 +43,7 @@ class ReadinessProbe:
             else:
                 reason = f"Elasticsearch answered GET / with HTTP {answer.status}"
         except Unreachable as err:
-            reason = f"Elasticsearch is not reachable: {err}"
+            reason = str(err)  # names the fault: refused, reset, timeout, TLS check, answer
         except Exception as err:
             # Whatever went wrong, the next probe must get a fresh check, not this one forever.
             reason = f"the readiness check failed: {type(err).__name__}: {err}"

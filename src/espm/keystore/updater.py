@@ -442,10 +442,12 @@ class KeystoreUpdater:
     async def _wait_for_elasticsearch(self) -> None:
         assert self._client is not None
         while True:
+            waiting = WAITING
             try:
                 answer = await self._client.get_root()
-            except Unreachable:
+            except Unreachable as err:
                 answer = None
+                waiting = f"{WAITING}: {err}"  # the fault, named by the client
             if answer is not None and answer.status == 200:
                 doc = answer.json()
                 version = doc.get("version", {}).get("number") if isinstance(doc, dict) else None
@@ -456,8 +458,8 @@ class KeystoreUpdater:
                 return
             if answer is not None and answer.status not in (502, 503, 504):
                 raise UpdateError(f"GET / answered HTTP {answer.status}{_es_reason(answer.json())}")
-            if self.state != "waiting":
-                self._set_reload_state("waiting", WAITING)
+            if (self.state, self.reason) != ("waiting", waiting):
+                self._set_reload_state("waiting", waiting)
             await asyncio.sleep(ES_POLL)
 
     def _set_reload_state(self, state: str, reason: str) -> None:
