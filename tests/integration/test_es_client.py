@@ -212,3 +212,20 @@ def test_the_status_and_readiness_name_the_fault(espm, pki, tmp_path, name) -> N
     # Said once, not once per retry.
     said = [r for r in m.read_logs(0.2) if text in str(r.get("message"))]
     assert len(said) == 1, said
+
+
+def test_readiness_answers_within_a_kubelet_timeout_when_elasticsearch_never_answers(espm, pki) -> None:
+    from tests.conftest import base_env
+
+    es = FaultyEs("silent", pki["good"])
+    env = base_env(KEYSTORE_ES_ENDPOINT=es.endpoint, KEYSTORE_ES_CA_CERTS_PATH=str(pki["ca"]))
+    try:
+        m = espm(["sleep", "600"], env=env)
+        m.wait_api()
+        for _ in range(3):
+            started = time.monotonic()
+            code, doc, _ = m.request("GET", "/es/ready", timeout=5)
+            assert time.monotonic() - started < 1.0
+            assert code == 503 and "no answer from Elasticsearch within 0.8s" in doc["reason"], doc
+    finally:
+        es.close()

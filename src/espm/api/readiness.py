@@ -14,13 +14,16 @@ from espm.config import KeystoreConfig
 from espm.keystore.elasticsearch import ElasticsearchClient, Unreachable
 
 MAX_AGE = 1.0
+# A kubelet gives a probe 1 s by default: a check of an Elasticsearch that does not answer ends
+# before that, so the probe gets 503 with the reason rather than a timeout of its own.
+CHECK_TIMEOUT = 0.8
 
 
 class ReadinessProbe:
     """Checks Elasticsearch's GET /; None means ready, a string says why not."""
 
-    def __init__(self, config: KeystoreConfig) -> None:
-        self._client = ElasticsearchClient(config)
+    def __init__(self, config: KeystoreConfig, timeout: float = CHECK_TIMEOUT) -> None:
+        self._client = ElasticsearchClient(config, request_timeout=timeout, connect_timeout=timeout)
         self._checked_at = -MAX_AGE
         self._reason: str | None = "not checked yet"
         self._inflight: asyncio.Future[str | None] | None = None
