@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import base_env, free_port, wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -158,3 +158,44 @@ def test_out_of_descriptors_the_accept_loop_backs_off_and_says_so_once(espm) -> 
     assert not [r for r in logs if r.get("raw")], [r for r in logs if r.get("raw")][:3]
     assert len(logs) < 30, logs[-5:]
     assert m.status()["state"] == "started"
+
+
+def _vm(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError(key)
+
+
+def test_a_tls_flood_costs_kilobytes_per_connection_not_a_buffer_each(espm, tmp_path) -> None:
+    import ssl
+
+    from tests.certs import CA
+
+    ca = CA(tmp_path / "ca")
+    issued = ca.issue("espm")
+    env = base_env(
+        PM_HTTP_PORT=str(free_port()),
+        PM_TLS="true",
+        PM_CERT_PATH=str(issued.cert),
+        PM_KEY_PATH=str(issued.key),
+    )
+    m = espm(["sleep", "600"], env=env)
+    m.wait_api()
+    context = ssl.create_default_context(cafile=str(ca.path))
+    before = _vm(m.pid, "VmHWM")
+    with flood(m.port, 500), flood(m.port, 100, b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03"):
+        time.sleep(1.0)
+        for _ in range(5):
+            started = time.monotonic()
+            with (
+                socket.create_connection(("127.0.0.1", m.port), timeout=2) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as s,
+            ):
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+            assert time.monotonic() - started < 1.0
+        during = _vm(m.pid, "VmHWM")
+    # asyncio's SSL transport zeroes a 256 KiB buffer per connection: 600 of them were 150 MiB.
+    assert during - before < 16 * 1024, f"VmHWM grew {(during - before) // 1024} MiB"

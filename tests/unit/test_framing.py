@@ -50,3 +50,11 @@ def test_scan_head(seen: bytes, data: bytes, expected: tuple[int, bool, str | No
 def test_head_fault(headers: bytes, version: bytes, expected: str | None) -> None:
     head = b"POST / HTTP/" + version + b"\r\n" + headers + b"\r\n"
     assert head_fault(head, version) == expected
+
+
+def test_the_reason_phrases_are_http_s() -> None:
+    from http import HTTPStatus
+
+    from espm.api.server import REASONS
+
+    assert {code: HTTPStatus(code).phrase.encode() for code in REASONS} == REASONS
