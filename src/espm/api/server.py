@@ -13,6 +13,9 @@ Rules of this module:
   flood), and under pressure such connections hold their place for a short time only.
 - The server owns its accept loop. Out of descriptors (EMFILE), it sheds connections, accepts no
   more than the process can hold until the flood passes, and says so once per episode.
+- A client is served as fast as it reads: while its answers wait in the transport (over the
+  high-water mark), nothing more of its requests is read or parsed, and a pipelined batch yields
+  the loop every PIPELINE_BATCH requests, so one client cannot hold the loop or grow the manager.
 - TLS is done here, on an `ssl.SSLObject` with memory BIOs over the plain transport, not by
   asyncio's SSL transport: that one allocates and zeroes a 256 KiB buffer per connection from
   accept on, so a flood of 500 connections took the manager from 26 to 180 MiB, and the heap it
@@ -61,6 +64,7 @@ REQUEST_TIMEOUT = 10.0
 IDLE_TIMEOUT = 5.0  # as uvicorn: probes and the ctl client do not reuse connections
 LINGER = 0.5
 SCAN_STEP = 4096
+PIPELINE_BATCH = 32  # pipelined requests answered before the loop turns to the others
 TLS_READ = 16 * 1024
 SWEEP_INTERVAL = 1.0
 SHUTDOWN_GRACE = 2.0
@@ -113,6 +117,8 @@ class Connection(asyncio.Protocol):
         self._tls_in: ssl.MemoryBIO | None = None
         self._tls_out: ssl.MemoryBIO | None = None
         self.handshaken = False
+        self.write_paused = False  # the client does not read its answers as fast as they come
+        self.served = 0  # requests answered in this turn of the loop
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -159,6 +165,7 @@ class Connection(asyncio.Protocol):
             self.idle = False
             self.since = self.server.now
             self.deadline = self.since + REQUEST_TIMEOUT
+        self.served = 0
         self.inbox += data
         if not self.busy:
             self._next_events()
@@ -257,9 +264,33 @@ class Connection(asyncio.Protocol):
 
     # -- request cycle -----------------------------------------------------------------------
 
+    # -- flow control ------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        """Read and serve again, unless something still holds this connection back."""
+        self.served = 0
+        if self.transport is None or self.busy or self.write_paused or self.lingering:
+            return
+        self.transport.resume_reading()
+        self._next_events()
+
     def _next_events(self) -> None:
         h = self.h11
-        while self.transport is not None and not self.busy and not self.lingering:
+        while self.transport is not None and not self.busy and not self.lingering and not self.write_paused:
+            if self.served >= PIPELINE_BATCH:
+                # A long pipeline: the rest after the others had their turn.
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_soon(self._wake)
+                return
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as err:
@@ -280,6 +311,7 @@ class Connection(asyncio.Protocol):
                     self._fail(413, f"request body larger than {MAX_BODY} bytes")
                     return
             elif isinstance(event, h11.EndOfMessage):
+                self.served += 1
                 self._dispatch()
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
@@ -349,7 +381,6 @@ class Connection(asyncio.Protocol):
         self.busy = False
         if self.transport is None:
             return
-        self.transport.resume_reading()
         if task.cancelled():
             response = Response.error(503, "the manager is shutting down")
         elif task.exception() is not None:
@@ -358,8 +389,7 @@ class Connection(asyncio.Protocol):
         else:
             response = task.result()
         self._respond(response)
-        if self.transport is not None:
-            self._next_events()
+        self._wake()
 
     def _respond(self, response: Response) -> None:
         h = self.h11
