@@ -100,18 +100,20 @@ def test_under_pressure_idle_connections_hold_their_place_briefly(espm) -> None:
 
     m = espm(["sleep", "600"])
     m.wait_api()
-    with flood(m.port, 450) as held:  # above 3/4 of the cap
+    count = 450  # above 3/4 of the cap (384)
+    with flood(m.port, count) as held:
         started = time.monotonic()
         open_ = set(held)
-        while open_ and time.monotonic() - started < 6:
+        while len(open_) >= 384 and time.monotonic() - started < 3.5:
             readable, _, _ = select.select(list(open_), [], [], 0.1)
             for s in readable:
                 with contextlib.suppress(OSError):
                     if s.recv(10) == b"":
                         open_.discard(s)
         waited = time.monotonic() - started
-    # All closed by the server, long before the usual 5 s of an idle connection.
-    assert not open_ and waited < 3.5, (len(open_), waited)
+    # Closed by the server long before the usual 5 s of an idle connection, until the pressure is
+    # off (those accepted last may then keep the usual limits).
+    assert len(open_) < 384 and waited < 3.5, (len(open_), waited)
 
 
 def _limit(n: int):  # preexec_fn: the manager starts with RLIMIT_NOFILE n

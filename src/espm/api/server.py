@@ -31,6 +31,7 @@ import logging
 import resource
 import socket
 import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import h11
@@ -58,6 +59,8 @@ ACCEPT_BATCH = 64  # accepts per wake-up, so a flood of connections cannot hog t
 EVICT_BATCH = 4
 EPISODE_QUIET = 10.0
 BACKOFF = (0.05, 1.0)
+
+
 # accept() errors that say the process or the system is out of something: waiting helps.
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 REQUEST_TIMEOUT = 10.0
@@ -88,12 +91,30 @@ _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The server's limits and time limits: the module's constants unless told otherwise (tests)."""
+
+    max_head: int = MAX_HEAD
+    max_body: int = MAX_BODY
+    max_connections: int = MAX_CONNECTIONS
+    request_timeout: float = REQUEST_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    linger: float = LINGER
+    pressure: float = PRESSURE
+    pressed_idle: float = PRESSED_IDLE
+    pressed_request: float = PRESSED_REQUEST
+    pipeline_batch: int = PIPELINE_BATCH
+    sweep_interval: float = SWEEP_INTERVAL
+
+
 class Connection(asyncio.Protocol):
     """One client connection: bytes in, h11 events, routed responses out."""
 
     def __init__(self, server: ApiServer) -> None:
         self.server = server
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.limits = limits = server.limits
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
         self.transport: asyncio.Transport | None = None
         self.handshake: asyncio.Task[object] | None = None  # until the transport is made
         self.deadline = 0.0
@@ -130,12 +151,12 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         context = self.server.tls_context
         if context is None:
-            self.deadline = self.server.now + IDLE_TIMEOUT
+            self.deadline = self.server.now + self.limits.idle_timeout
             return
         # The handshake is a request like any other: under its deadline, evictable meanwhile.
         # OpenSSL's state is made at the first byte: a connection that sends none costs nothing.
         self.idle = False
-        self.deadline = self.server.now + REQUEST_TIMEOUT
+        self.deadline = self.server.now + self.limits.request_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.pop(self, None)
@@ -164,7 +185,7 @@ class Connection(asyncio.Protocol):
         if self.idle:
             self.idle = False
             self.since = self.server.now
-            self.deadline = self.since + REQUEST_TIMEOUT
+            self.deadline = self.since + self.limits.request_timeout
         self.served = 0
         self.inbox += data
         if not self.busy:
@@ -192,7 +213,7 @@ class Connection(asyncio.Protocol):
                 self.handshaken = True
                 self.idle = True
                 self.since = self.server.now
-                self.deadline = self.since + IDLE_TIMEOUT
+                self.deadline = self.since + self.limits.idle_timeout
             while True:
                 plain.append(self.tls.read(TLS_READ))
         except ssl.SSLWantReadError:
@@ -235,8 +256,8 @@ class Connection(asyncio.Protocol):
             if fault is not None:
                 self._fail(400, fault)
                 return False
-            if len(self.head) + n > MAX_HEAD:
-                self._fail(431, f"request line and headers larger than {MAX_HEAD} bytes")
+            if len(self.head) + n > self.limits.max_head:
+                self._fail(431, f"request line and headers larger than {self.limits.max_head} bytes")
                 return False
             chunk = bytes(inbox[:n])
             del inbox[:n]
@@ -286,7 +307,7 @@ class Connection(asyncio.Protocol):
     def _next_events(self) -> None:
         h = self.h11
         while self.transport is not None and not self.busy and not self.lingering and not self.write_paused:
-            if self.served >= PIPELINE_BATCH:
+            if self.served >= self.limits.pipeline_batch:
                 # A long pipeline: the rest after the others had their turn.
                 self.transport.pause_reading()
                 asyncio.get_running_loop().call_soon(self._wake)
@@ -307,8 +328,8 @@ class Connection(asyncio.Protocol):
                     return
             elif isinstance(event, h11.Data):
                 self.body += event.data
-                if len(self.body) > MAX_BODY:
-                    self._fail(413, f"request body larger than {MAX_BODY} bytes")
+                if len(self.body) > self.limits.max_body:
+                    self._fail(413, f"request body larger than {self.limits.max_body} bytes")
                     return
             elif isinstance(event, h11.EndOfMessage):
                 self.served += 1
@@ -322,8 +343,8 @@ class Connection(asyncio.Protocol):
         size = len(event.method) + len(event.target) + 12
         for name, value in event.headers:
             size += len(name) + len(value) + 4
-        if size > MAX_HEAD:
-            self._fail(431, f"request line and headers larger than {MAX_HEAD} bytes")
+        if size > self.limits.max_head:
+            self._fail(431, f"request line and headers larger than {self.limits.max_head} bytes")
             return False
         if event.http_version not in (b"1.0", b"1.1"):
             self._fail(505, f"HTTP/{event.http_version.decode()} is not supported; use HTTP/1.1")
@@ -336,8 +357,8 @@ class Connection(asyncio.Protocol):
         for name, value in event.headers:
             if name == b"content-length":
                 self.remaining = int(value)
-                if self.remaining > MAX_BODY:
-                    self._fail(413, f"request body larger than {MAX_BODY} bytes")
+                if self.remaining > self.limits.max_body:
+                    self._fail(413, f"request body larger than {self.limits.max_body} bytes")
                     return False
             elif name == b"transfer-encoding":
                 # The end of a chunked body is found by h11 inside the bytes it is given, so
@@ -426,7 +447,7 @@ class Connection(asyncio.Protocol):
             return
         self.idle = True
         self.since = self.server.now
-        self.deadline = self.since + IDLE_TIMEOUT
+        self.deadline = self.since + self.limits.idle_timeout
         self.request = None
         self.head_only = False
         self.server.touch(self)
@@ -459,7 +480,7 @@ class Connection(asyncio.Protocol):
         if self.transport is None:
             return
         self.lingering = True
-        self.deadline = self.server.now + LINGER
+        self.deadline = self.server.now + self.limits.linger
         if self.transport.can_write_eof():
             self.transport.write_eof()
 
@@ -509,10 +530,11 @@ def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
 class ApiServer:
     """Listens on PM_HTTP_HOST:PM_HTTP_PORT and serves the router's endpoints."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, router: Router | None = None, limits: Limits | None = None) -> None:
         self.manager = manager
         self.config = manager.config.http
-        self.router = Router(manager)
+        self.router = router or Router(manager)
+        self.limits = limits = limits or Limits()
         # Least recently active first: a connection moves to the end when it is admitted and
         # each time it is answered, so the front is where eviction looks.
         self.connections: dict[Connection, None] = {}
@@ -525,7 +547,7 @@ class ApiServer:
         self.timeouts = 0
         self.accept_failures = 0
         self.port = 0
-        self.cap = connection_cap()
+        self.cap = connection_cap(limits.max_connections)
         self.capacity = self.cap  # lowered while descriptors run out
         self._listener: socket.socket | None = None
         self.tls_context: ssl.SSLContext | None = None
@@ -555,7 +577,7 @@ class ApiServer:
             self.port,
             extra={"server.address": self.config.host, "server.port": self.port},
         )
-        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self._sweeper = loop.call_later(self.limits.sweep_interval, self._sweep)
 
     # -- accepting ---------------------------------------------------------------------------
 
@@ -591,7 +613,7 @@ class ApiServer:
             evicted = 1
         conn = Connection(self)
         self.connections[conn] = None
-        conn.deadline = self.now + REQUEST_TIMEOUT
+        conn.deadline = self.now + self.limits.request_timeout
         task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: conn, sock))
         conn.handshake = task
         task.add_done_callback(conn.handshake_done)
@@ -661,12 +683,22 @@ class ApiServer:
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        self.now = now = loop.time()
-        pressed = len(self.connections) >= self.capacity * PRESSURE
+        self.sweep(loop.time())
+        if self._certificates is not None:
+            self._certificates.reload_if_changed()
+        # The clock is read here, once a second, not per request: deadlines are coarse anyway.
+        self._sweeper = loop.call_later(self.limits.sweep_interval, self._sweep)
+
+    def sweep(self, now: float) -> None:
+        """Close the connections past their deadline at `now` (the loop's clock, or a test's)."""
+        self.now = now
+        limits = self.limits
+        pressed = len(self.connections) >= self.capacity * limits.pressure
         for conn in list(self.connections):
             deadline = conn.deadline
             if pressed and conn.evictable and not conn.lingering:
-                deadline = min(deadline, conn.since + (PRESSED_IDLE if conn.idle else PRESSED_REQUEST))
+                short = limits.pressed_idle if conn.idle else limits.pressed_request
+                deadline = min(deadline, conn.since + short)
             if deadline <= now:
                 conn.expire()
         if (
@@ -675,10 +707,6 @@ class ApiServer:
             and len(self.connections) < max(1, self.capacity // 2)
         ):
             self._end_episode()
-        if self._certificates is not None:
-            self._certificates.reload_if_changed()
-        # The clock is read here, once a second, not per request: deadlines are coarse anyway.
-        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def close(self) -> None:
         """Stop accepting, close idle connections, give busy ones a moment, then cancel."""
