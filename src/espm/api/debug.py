@@ -70,6 +70,7 @@ class DebugEndpoints:
             "http_connections_evicted": api.evicted if api else 0,
             "http_accept_failures": api.accept_failures if api else 0,
             "http_connections_open": len(api.connections) if api else 0,
+            "http_tls_failures": api.tls_failures if api else 0,
             "keystore_updates": updater.updates if updater else 0,
             "keystore_update_failures": updater.update_failures if updater else 0,
             "keystore_reloads": updater.reloads if updater else 0,
