@@ -4,7 +4,8 @@ Faults: `endless` (a 200 whose chunked body never ends), `endless-close` (a body
 the connection, never ending), `headers` (headers that never end), `reset` (a reset right after
 accept, and the TLS handshake when there is one), `close` (closed before answering), `silent`
 (never answers), `trickle` (a byte of the head every 0.2 s), and `json:<body>` (a 200 with that
-body). With `tls`, the handshake comes first, with the certificate given.
+body), `reload-json:<body>` (a sound GET /, and that body for the reload). With `tls`, the
+handshake comes first, with the certificate given.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class FaultyEs:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port = self.listener.getsockname()[1]
         self.connections = 0
+        self._method = b""
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -62,8 +64,7 @@ class FaultyEs:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    @staticmethod
-    def _read_request(sock: socket.socket) -> None:
+    def _read_request(self, sock: socket.socket) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)
@@ -71,6 +72,7 @@ class FaultyEs:
                 return
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
+        self._method = head.split(b" ", 1)[0]
         for line in head.split(b"\r\n"):
             if line.lower().startswith(b"content-length:"):
                 want = int(line.split(b":")[1])
@@ -108,6 +110,9 @@ class FaultyEs:
                     return
                 sock.sendall(bytes([byte]))
                 time.sleep(0.2)
+        if fault.startswith("reload-json:"):
+            # A sound GET /, then this body for the reload.
+            fault = "json:" + (fault[12:] if self._method == b"POST" else '{"version": {"number": "8.15.0"}}')
         if fault.startswith("json:"):
             body = fault[5:].encode()
             sock.sendall(

@@ -229,3 +229,31 @@ def test_readiness_answers_within_a_kubelet_timeout_when_elasticsearch_never_ans
             assert code == 503 and "no answer from Elasticsearch within 0.8s" in doc["reason"], doc
     finally:
         es.close()
+
+
+def test_an_unexpected_reload_answer_fails_the_reload_with_a_reason_not_a_traceback(
+    espm, pki, tmp_path
+) -> None:
+    from tests.keystore_helpers import KeystoreSetup, status
+
+    es = FaultyEs('reload-json:{"_nodes": {"failed": 1, "failures": 5}}', pki["good"])
+    ks = KeystoreSetup(tmp_path)
+    ks.secrets.write({"a": "1"})
+    env = ks.env(
+        KEYSTORE_RELOAD_CREDENTIALS="true",
+        KEYSTORE_ES_ENDPOINT=es.endpoint,
+        KEYSTORE_ES_USERNAME="elastic",
+        KEYSTORE_ES_PASSWORD="pw",
+        KEYSTORE_ES_CA_CERTS_PATH=str(pki["ca"]),
+    )
+    try:
+        m = espm(["sleep", "600"], env=env)
+        m.wait_api()
+        doc = wait_for(lambda: (d := status(m))["state"] == "failed" and d, timeout=15)
+    finally:
+        es.close()
+    assert doc["reason"] == (
+        "Failed to reload secure settings: unexpected answer to POST "
+        "/_nodes/_local/reload_secure_settings: `_nodes.failures` is a number, not a list or null"
+    ), doc
+    assert not [r for r in m.read_logs(0.2) if "unexpectedly" in str(r.get("message"))]
