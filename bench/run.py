@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_flood
 import bench_http
 import bench_keystore
 import bench_keystore_native
@@ -43,6 +44,7 @@ BENCHMARKS = {
         bench_http,
         bench_keystore,
         bench_keystore_native,
+        bench_flood,
     )
 }
 NEEDS_ROOT = {"signal", "orphans"}  # PID 1 in a new pid namespace

@@ -23,6 +23,26 @@ NOT_ALLOWED = {"description": "wrong method; Allow names the right one", "header
     "Allow": {"schema": {"type": "string"}}}, "content": {"application/json": {"schema": ref("Error")}}}
 
 
+# Answers any request can get before it reaches its route: the framing and the limits of
+# HTTP/1.1 (src/espm/api/server.py and framing.py). Each is final: the connection then closes.
+PROTOCOL_ERRORS = {
+    "400": ("BadRequest", "a malformed or ambiguous request (a bare LF, a folded header, both "
+                          "Content-Length and Transfer-Encoding, more than one Content-Length)"),
+    "413": ("BodyTooLarge", "a request body larger than 1 MiB"),
+    "431": ("HeadTooLarge", "a request line and headers larger than 16 KiB"),
+    "501": ("TransferCodingNotImplemented", "a Transfer-Encoding other than chunked"),
+    "505": ("VersionNotSupported", "an HTTP version other than 1.0 and 1.1"),
+}
+
+
+def with_protocol_errors(paths: dict[str, Any]) -> dict[str, Any]:
+    for item in paths.values():
+        for operation in item.values():
+            for code, (name, _) in PROTOCOL_ERRORS.items():
+                operation["responses"].setdefault(code, {"$ref": f"#/components/responses/{name}"})
+    return paths
+
+
 def process_action(verb: str, in_progress: str) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": answer("nothing to do now: the status says why", "ProcessStatus"),
@@ -50,7 +70,7 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "espm", "version": "0.1.0",
                  "description": "Control API of espm, the process manager of an Elasticsearch container."},
-        "paths": {
+        "paths": with_protocol_errors({
             "/health": {"get": {"summary": "is the manager working", "responses": {
                 "200": answer("working", "Health"),
                 "500": answer("the process is in startFailed, stopFailed or killFailed", "Health")}}},
@@ -92,8 +112,12 @@ def document() -> dict[str, Any]:
                                            "responses": {
                                                "200": {"description": "text", "content": {"text/plain": {}}},
                                                "404": answer("PM_PROFILER is off", "Error")}}},
-        },
+        }),
         "components": {
+            "responses": {name: {"description": f"{description}; the connection is then closed",
+                                 "headers": {"Connection": {"schema": {"const": "close"}}},
+                                 "content": {"application/json": {"schema": ref("Error")}}}
+                          for name, description in PROTOCOL_ERRORS.values()},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Health": {"type": "object", "required": ["status"], "properties": {

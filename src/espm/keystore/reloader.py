@@ -70,10 +70,12 @@ class Reloader:
 
     async def _wait_for_elasticsearch(self) -> None:
         while True:
+            waiting = WAITING
             try:
                 answer = await self._client.get_root()
-            except Unreachable:
+            except Unreachable as err:
                 answer = None
+                waiting = f"{WAITING}: {err}"  # the fault, named by the client
             if answer is not None and answer.status == 200:
                 version = root_version(answer.json())
                 if version is not None:
@@ -81,8 +83,8 @@ class Reloader:
                 return
             if answer is not None and answer.status not in NOT_READY:
                 raise UpdateError(f"GET / answered HTTP {answer.status}{error_reason(answer.json())}")
-            if self._board.state is not UpdaterState.WAITING:
-                self._set(UpdaterState.WAITING, WAITING)
+            if (self._board.state, self._board.reason) != (UpdaterState.WAITING, waiting):
+                self._set(UpdaterState.WAITING, waiting)
             await asyncio.sleep(ES_POLL)
 
     async def _reload(self) -> None:
