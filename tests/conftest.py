@@ -60,10 +60,12 @@ class Espm:
         args: list[str] | None = None,
         stdin: int | None = subprocess.DEVNULL,
         preexec: Any = None,
+        prefix: list[str] | None = None,
     ) -> None:
         argv = [PYTHON, "-m", "espm", *(args or []), "--", *command]
         if pid1:
             argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
+        argv = [*(prefix or []), *argv]  # e.g. a shell that mounts something, then execs espm
         self.env = env
         self.port = int(env.get("PM_HTTP_PORT", "8080"))
         self.name = env.get("PM_PROC_NAME", "es")
@@ -199,6 +201,12 @@ class Espm:
         assert code == 200
         assert isinstance(doc, dict)
         return doc
+
+
+@pytest.fixture(params=[False, True], ids=["subreaper", "pid1"])
+def pid1(request: pytest.FixtureRequest) -> bool:
+    """The PID 1 / subreaper matrix: True runs espm as PID 1 of a new pid namespace."""
+    return bool(request.param)
 
 
 @pytest.fixture

@@ -10,14 +10,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from espm import __version__
-from espm.config import VARIABLES, Config, ConfigError, load
+from espm.config import VARIABLES, Config, ConfigError, load, unknown_variables
+from espm.suggest import SuggestingParser, unknown_command
 from espm.supervisor.signals import StartupSignals
 
 if TYPE_CHECKING:
     from espm.api.tls import CertificateWatcher
     from espm.supervisor.state import ProcessState
 
-CLIENT_COMMANDS = ("status", "start", "stop", "kill", "keystore")
+CLIENT_COMMANDS = ("status", "start", "stop", "restart", "kill", "keystore")
 COMMANDS = ("run", "demo", *CLIENT_COMMANDS)
 EXIT_CONFIG = 2
 
@@ -32,28 +33,33 @@ def _variables_help() -> str:
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="espm",
         description="A PID 1 process manager for Elasticsearch containers.",
         usage="espm [run] [--pm-...=VALUE ...] [-- CMD ARGS...]\n"
-        "       espm {status,start,stop,kill,keystore} [--url URL] [--json] ...\n"
+        "       espm {status,start,stop,restart,kill,keystore} [--url URL] [--json] ...\n"
         "       espm demo",
         epilog=_variables_help() + "\n\ncommands:\n"
         "  run        run the manager (the default): starts CMD, or PM_PROC_CMD\n"
         "  status     show the managed process's status\n"
         "  start, stop, kill   act on the managed process\n"
-        "  keystore   show the keystore updater's status\n"
+        "  restart    stop, wait until the process is down, start\n"
+        "  keystore [status|list|sync]   the updater's status; list or sync a keystore file\n"
         "  demo       run espm on a built-in demo (stand-in Elasticsearch and keystore tool)\n"
         "\nexit status of run: the process's own (128+N for signal N), 2 on a configuration "
         "error,\n127/126 when the command cannot be started.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"espm {__version__}")
+    # The sub-commands, so that a mistyped one is matched against the real list (help: the epilog).
+    commands = parser.add_subparsers(dest="command", help=argparse.SUPPRESS)
+    for name in COMMANDS:
+        commands.add_parser(name, add_help=False)
     return parser
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="espm run",
         description="Run the manager.",
         epilog=_variables_help(),
@@ -98,9 +104,23 @@ def _run(argv: list[str], startup: StartupSignals) -> int:
     from espm import logs
 
     logs.setup(config.log.level, config.log.format)
+    _warn_unknown_variables(env)
     from espm.manager import run
 
     return run(config, startup, env, recorded, listener, tls)
+
+
+def _warn_unknown_variables(env: dict[str, str]) -> None:
+    import logging
+
+    for name, match in unknown_variables(env):
+        hint = f"; did you mean {match}?" if match else ""
+        logging.getLogger("espm").warning(
+            "%s is set but espm has no such variable: it is ignored%s",
+            name,
+            hint,
+            extra={"variable": name},
+        )
 
 
 def _recorded_state(config: Config) -> ProcessState | None:
@@ -151,10 +171,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     startup = StartupSignals()
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args and args[0] in COMMANDS else None
+    if command is None and args and not args[0].startswith("-"):
+        startup.unblock()
+        return unknown_command(_top_parser(), args[0])
     if command is None and args and args[0] in ("-h", "--help", "--version"):
         startup.unblock()
         _top_parser().parse_args(args)
         return 0
+    if command == "keystore" and args[1:2] == ["status"]:
+        del args[1]  # `espm keystore status` is the plain `espm keystore`: the client's
+    if command == "keystore" and args[1:2] and args[1] in ("list", "sync", "-h", "--help"):
+        startup.unblock()
+        from espm.keystore.commands import main as keystore_main
+
+        return keystore_main(args[1:])
     if command in CLIENT_COMMANDS:
         startup.unblock()
         from espm.client import main as client_main

@@ -92,7 +92,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("KEYSTORE_ES_ENDPOINT", "https://127.0.0.1:9200", "Elasticsearch endpoint"),
     Variable("KEYSTORE_ES_VERSION", "", "Elasticsearch version; empty: read from GET /"),
     Variable("KEYSTORE_TOOL_TIMEOUT", "120", "seconds one keystore tool run may take"),
+    Variable(
+        "KEYSTORE_WRITER",
+        "auto",
+        "native (no JVM), tool (KEYSTORE_BINARY), or auto: native when the file's format is known",
+    ),
+    Variable("KEYSTORE_PASSWORD_FILE", "", "file holding the keystore's password (also sent on reload)"),
 )
+
+# espm's own variables that the managed process never sees: secrets, and the `*_FILE` variables.
+# The official images' docker-entrypoint.sh turns every `X_FILE` into `X` and exits 1 unless the
+# file's mode is 400 or 600, so PM_STATE_FILE or KEYSTORE_ES_PASSWORD_FILE passed on would stop
+# Elasticsearch before it starts (and would export espm's password into its environment).
+PRIVATE_VARIABLES = frozenset(v.name for v in VARIABLES if v.secret or v.name.endswith("_FILE"))
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -143,6 +155,8 @@ class KeystoreConfig:
     es_endpoint: str
     es_version: str
     tool_timeout: float
+    writer: str = "auto"
+    password_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +362,29 @@ def _parse_endpoint(value: str) -> str:
     return value.strip().rstrip("/")
 
 
+KEYSTORE_WRITERS = ("auto", "native", "tool")
+
+
+def read_password_file(path: Path) -> str:
+    """A password file's text, one trailing newline dropped (as `echo` and Secrets leave one)."""
+    text = path.read_bytes().decode("utf-8", "replace")
+    return text[:-1] if text.endswith("\n") else text
+
+
+# The oldest Elasticsearch whose keystore format (3, AES-GCM) the native writer knows.
+NATIVE_OLDEST = (6, 3)
+
+
+def _check_native_version(src: _Source, version: str) -> None:
+    major, minor = (int(part) for part in version.split(".")[:2])
+    if (major, minor) < NATIVE_OLDEST:
+        raise src.error(
+            "KEYSTORE_ES_VERSION",
+            "the native writer cannot write its keystore (before 6.3 the format is PKCS#12: "
+            "use KEYSTORE_WRITER=tool)",
+        )
+
+
 def _keystore(src: _Source) -> KeystoreConfig:
     enabled = src.boolean("PM_KEYSTORE_UPDATER")
     reload = src.boolean("KEYSTORE_RELOAD_CREDENTIALS")
@@ -365,10 +402,17 @@ def _keystore(src: _Source) -> KeystoreConfig:
     endpoint = src.parse("KEYSTORE_ES_ENDPOINT", _parse_endpoint, "expected an http(s)://host:port URL")
     version = src.parse("KEYSTORE_ES_VERSION", _parse_version, "expected a version such as 8.15.0, or empty")
     timeout = src.parse("KEYSTORE_TOOL_TIMEOUT", _parse_seconds, "expected a number of seconds above 0")
+    writer = src.parse("KEYSTORE_WRITER", _parse_choice(KEYSTORE_WRITERS), "expected auto, native or tool")
+    keystore_password_file = None
+    if src.path("KEYSTORE_PASSWORD_FILE") is not None:
+        keystore_password_file = _readable_file(src, "KEYSTORE_PASSWORD_FILE")
+    if enabled and writer == "native" and version:
+        _check_native_version(src, version)
     if enabled:
         if not source_dir.is_dir():
             raise src.error("KEYSTORE_SOURCE_DIR", f"expected an existing directory; {UPDATER_OFF_HINT}")
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
+        # The native writer never runs the tool: it needs no binary.
+        if writer != "native" and not (binary.is_file() and os.access(binary, os.X_OK)):
             raise src.error("KEYSTORE_BINARY", f"expected an executable file; {UPDATER_OFF_HINT}")
         if not path.parent.is_dir():
             raise src.error("KEYSTORE_PATH", f"expected a file in an existing folder; {UPDATER_OFF_HINT}")
@@ -396,6 +440,8 @@ def _keystore(src: _Source) -> KeystoreConfig:
         es_endpoint=endpoint,
         es_version=version,
         tool_timeout=timeout,
+        writer=writer,
+        password_file=keystore_password_file,
     )
 
 
@@ -411,3 +457,20 @@ def load(
         format=src.parse("PM_LOG_FORMAT", _parse_choice(("json", "text")), "expected json or text"),
     )
     return Config(process=_process(src, command), http=_http(src), keystore=_keystore(src), log=log)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """PM_* and KEYSTORE_* names in `env` that are no variable of ours, each with the closest one."""
+    from espm.suggest import closest
+
+    known = [v.name for v in VARIABLES]
+    return [
+        (name, closest(name, known))
+        for name in sorted(env)
+        if name.startswith(("PM_", "KEYSTORE_")) and name not in known and name not in _IMAGE_VARIABLES
+    ]
+
+
+# Variables of the Elasticsearch images' docker-entrypoint.sh that share our prefixes: the
+# keystore's password, which the script hands to Elasticsearch.
+_IMAGE_VARIABLES = frozenset({"KEYSTORE_PASSWORD"})

@@ -111,6 +111,21 @@ class Tour:
             print(json.dumps(doc, indent=2), flush=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def rotation_hint(secrets: Path) -> str:
+    """How to change a secret in the demo's folder the way the kubelet does, for a shell."""
+    return f"""To change a secret the way Kubernetes does (a new folder, then ..data swapped in one rename):
+  cd {secrets}
+  new=..$(date +%s%N); mkdir "$new" && cp ..data/* "$new"/
+  printf %s AKIA-DEMO-3 > "$new"/s3.client.default.access_key
+  ln -s "$new" ..data_tmp && mv -T ..data_tmp ..data
+espm does not watch edits of the files in place (the kubelet never makes any): in a cluster,
+change the Secret (kubectl apply, kubectl edit secret) and the kubelet swaps ..data like this."""
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="espm demo", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep running after the tour (Ctrl-C ends)")
@@ -119,8 +134,32 @@ def main(argv: list[str]) -> int:
         "--tool-delay", default="0.7", help="seconds each keystore tool run takes (a JVM start)"
     )
     args = parser.parse_args(argv)
-
+    # SIGTERM and SIGHUP end the demo as Ctrl-C does: espm stopped and the folder (which holds a
+    # CA key) removed. By default they would kill the demo alone and leave both behind.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     root = Path(tempfile.mkdtemp(prefix="espm-demo-"))
+    running: list[subprocess.Popen[bytes]] = []
+    try:
+        return _tour(args, root, running)
+    except KeyboardInterrupt:
+        if not running or running[0].poll() is not None:
+            return 130
+        running[0].send_signal(signal.SIGTERM)
+        return running[0].wait(30)
+    finally:
+        # Cleaning up: a second signal must not cut it short.
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+        for manager in running:
+            if manager.poll() is None:
+                manager.kill()
+                manager.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _tour(args: argparse.Namespace, root: Path, running: list[subprocess.Popen[bytes]]) -> int:
+    """Lay out the pod's files in `root`, start espm on them (into `running`) and walk through it."""
     secrets, config, bin_dir, certs = (root / n for n in ("secrets", "config", "bin", "certs"))
     for folder in (secrets, config, bin_dir, certs):
         folder.mkdir()
@@ -177,37 +216,30 @@ def main(argv: list[str]) -> int:
     )
     print(f"demo folder: {root}\nespm API: http://127.0.0.1:{api_port}  (logs below are espm's, on stderr)")
     manager = subprocess.Popen([sys.executable, "-m", "espm", "run"], env=env)
+    running.append(manager)
     tour = Tour(api_port)
-    try:
-        tour.say("Elasticsearch (the stand-in) starts once the keystore is built; readiness:")
-        tour.say("GET /es/ready", tour.until("readiness", "GET", "/es/ready", lambda s, d: s == 200))
-        tour.say("GET /es/status", tour.call("GET", "/es/status")[1])
-        tour.say(
-            "GET /keystore/status",
-            tour.until("the first reload", "GET", "/keystore/status", lambda s, d: d["reloads"] >= 1),
-        )
-        tour.say("Rotating the Secret the way Kubernetes does (..data swapped), one secret removed")
-        started = time.monotonic()
-        secret.write({"s3.client.default.access_key": "AKIA-DEMO-2"})
-        doc = tour.until("the reload", "GET", "/keystore/status", lambda s, d: d["reloads"] >= 2)
-        tour.say(f"keystore updated and secure settings reloaded in {time.monotonic() - started:.2f}s", doc)
-        tour.say("POST /es/stop", tour.call("POST", "/es/stop")[1])
-        tour.say("stopped", tour.until("stopped", "GET", "/es/status", lambda s, d: d["state"] == "stopped"))
-        tour.say("POST /es/start", tour.call("POST", "/es/start")[1])
-        tour.until("readiness", "GET", "/es/ready", lambda s, d: s == 200)
-        if args.keep:
-            tour.say(f"Running. Try: espm status --url http://127.0.0.1:{api_port}; Ctrl-C to end")
-            manager.wait()
-        tour.say("SIGTERM to espm: forwarded to Elasticsearch, whose status espm exits with")
-        manager.send_signal(signal.SIGTERM)
-        code = manager.wait(30)
-        print(f"espm exited with {code}", flush=True)
-        return code
-    except KeyboardInterrupt:
-        manager.send_signal(signal.SIGTERM)
-        return manager.wait(30)
-    finally:
-        if manager.poll() is None:
-            manager.kill()
-            manager.wait()
-        shutil.rmtree(root, ignore_errors=True)
+    tour.say("Elasticsearch (the stand-in) starts once the keystore is built; readiness:")
+    tour.say("GET /es/ready", tour.until("readiness", "GET", "/es/ready", lambda s, d: s == 200))
+    tour.say("GET /es/status", tour.call("GET", "/es/status")[1])
+    tour.say(
+        "GET /keystore/status",
+        tour.until("the first reload", "GET", "/keystore/status", lambda s, d: d["reloads"] >= 1),
+    )
+    tour.say("Rotating the Secret the way Kubernetes does (..data swapped), one secret removed")
+    started = time.monotonic()
+    secret.write({"s3.client.default.access_key": "AKIA-DEMO-2"})
+    doc = tour.until("the reload", "GET", "/keystore/status", lambda s, d: d["reloads"] >= 2)
+    tour.say(f"keystore updated and secure settings reloaded in {time.monotonic() - started:.2f}s", doc)
+    tour.say("POST /es/stop", tour.call("POST", "/es/stop")[1])
+    tour.say("stopped", tour.until("stopped", "GET", "/es/status", lambda s, d: d["state"] == "stopped"))
+    tour.say("POST /es/start", tour.call("POST", "/es/start")[1])
+    tour.until("readiness", "GET", "/es/ready", lambda s, d: s == 200)
+    if args.keep:
+        tour.say(f"Running. Try: espm status --url http://127.0.0.1:{api_port}; Ctrl-C to end")
+        print(rotation_hint(secrets), flush=True)
+        manager.wait()
+    tour.say("SIGTERM to espm: forwarded to Elasticsearch, whose status espm exits with")
+    manager.send_signal(signal.SIGTERM)
+    code = manager.wait(30)
+    print(f"espm exited with {code}", flush=True)
+    return code

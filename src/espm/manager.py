@@ -19,7 +19,7 @@ from espm.supervisor.signals import (
     StartupSignals,
     signal_name,
 )
-from espm.supervisor.state import KEPT_DOWN, SIGNALLED, ProcessState
+from espm.supervisor.state import SIGNALLED, ProcessState, kept_down, remove_stale_temporaries
 
 if TYPE_CHECKING:
     import asyncio
@@ -53,13 +53,19 @@ class Manager:
         self.startup = startup
         self.forwarder = forwarder
         self.recorded = recorded
+        self.kept_down_as = kept_down(recorded)
+        if config.process.state_file is not None:
+            remove_stale_temporaries(config.process.state_file)
         self.tls = tls
         self.reaper = Reaper(config.process.reaper)
         self.process = ManagedProcess(
             config.process, self.reaper, forwarder, startup, env, self._process_ended
         )
-        if recorded is not None:
-            self.process.restore(recorded)
+        if self.kept_down_as is not None and recorded is not None:
+            self.process.restore(self.kept_down_as, recorded)
+        elif recorded is not None:
+            self.process.recorded = recorded
+            log.info("the state file records %s: the process starts", recorded.value)
         self.updater: KeystoreUpdater | None = None
         self.api: ApiServer | None = None
         self._readiness: ReadinessProbe | None = None
@@ -85,7 +91,7 @@ class Manager:
     @property
     def kept_down(self) -> bool:
         """The state file says an operator stopped the process: wait for an API start."""
-        return self.recorded in KEPT_DOWN
+        return self.kept_down_as is not None
 
     def exit(self, code: int) -> None:
         if self._exit is None:
@@ -96,21 +102,33 @@ class Manager:
     def exit_status(self, ending: Ending) -> int:
         return 0 if ending.exit_code in self.config.process.success_exit_codes else ending.exit_code
 
+    def _exit_after(self, ending: Ending, why: str) -> None:
+        code = self.exit_status(ending)
+        if code != ending.exit_code:
+            log.info(
+                "%s: exiting with 0 (its status %d is listed in PM_SUCCESS_EXIT_CODES)",
+                why,
+                ending.exit_code,
+                extra={"process.exit_code": ending.exit_code},
+            )
+        else:
+            log.info("%s: exiting with its status, %d", why, code, extra={"process.exit_code": code})
+        self.exit(code)
+
     def _process_ended(self, ending: Ending) -> None:
         if self._terminating:
-            log.info("the process ended after SIGTERM/SIGINT to the manager: exiting with its status")
-            self.exit(self.exit_status(ending))
+            self._exit_after(ending, "the process ended after SIGTERM/SIGINT to the manager")
         elif not ending.requested:
-            log.info("the process ended on its own: exiting with its status")
-            self.exit(self.exit_status(ending))
+            self._exit_after(ending, "the process ended without an API stop")
         elif self.config.process.exit_on_stop:
-            log.info("the process ended after an API request and PM_EXIT_ON_STOP is set: exiting")
-            self.exit(self.exit_status(ending))
+            self._exit_after(ending, "the process ended after an API request and PM_EXIT_ON_STOP is set")
 
     def _signal_seen(self, signum: int, forwarded: bool) -> None:
         name = signal_name(signum)
         if forwarded:
-            log.debug("forwarded %s", name, extra={"signal": name})
+            # The signals that end a container are worth a line in the pod's log; others are noise.
+            level = logging.INFO if signum in TERMINATING else logging.DEBUG
+            log.log(level, "forwarded %s to the process group", name, extra={"signal": name})
             if signum in (signal.SIGTERM, signal.SIGINT) and self.process.state in SIGNALLED:
                 # The container is being stopped while an operator's stop or kill is under way:
                 # when the process ends, the manager must end too, not wait for another start.
@@ -120,6 +138,9 @@ class Manager:
             self.exit(0)
         else:
             log.info("%s dropped: no process to forward it to", name, extra={"signal": name})
+        # The safety net: a signal is a wake-up, and every wake-up sweeps for ended children.
+        # After the bookkeeping: a SIGTERM forwarded during a stop must count before the end.
+        self.reaper.reap()
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -150,6 +171,7 @@ class Manager:
             self._exit.set_result(self._early_exit)
         self.reaper.install(loop)
         self.forwarder.attach(loop, self._signal_seen)
+        self.process.attach(loop)
         try:
             if self.config.keystore.enabled:
                 from espm.keystore.updater import KeystoreUpdater
@@ -168,10 +190,10 @@ class Manager:
             return await self._exit
         finally:
             await self._shutdown()
-            # Before the loop closes its self-pipe: a signal written to a closed wakeup fd
-            # would fail, and SIGCHLD must go back to its default for the last orphans.
+            # Before the loop closes: its readers must not outlive it.
             self.forwarder.detach()
-            loop.remove_signal_handler(signal.SIGCHLD)
+            self.reaper.close()
+            self.process.detach()
 
     async def _first_start(self) -> int | None:
         """Build the keystore, then start the process; an exit code when the manager must stop."""
@@ -227,7 +249,21 @@ def run(
     listener: socket.socket,
     tls: CertificateWatcher | None = None,
 ) -> int:
-    """Run the manager until it must exit; return its exit status."""
+    """Run the manager until it must exit; return its exit status (signals held from then on)."""
+    try:
+        return _run(config, startup, env, recorded, listener, tls)
+    finally:
+        startup.hold_all()
+
+
+def _run(
+    config: Config,
+    startup: StartupSignals,
+    env: Mapping[str, str],
+    recorded: ProcessState | None,
+    listener: socket.socket,
+    tls: CertificateWatcher | None = None,
+) -> int:
     forwarder = SignalForwarder()
     forwarder.install()
     if config.process.reaper and os.getpid() != 1:

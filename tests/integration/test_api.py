@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import base_env, free_port, wait_for
+from tests.conftest import base_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,19 +132,26 @@ def test_oversized_body_gets_413_before_the_body_is_sent(api) -> None:
 
 
 @pytest.mark.parametrize(
-    "garbage",
+    ("garbage", "status"),
     [
-        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100),
-        b"HELLO\r\n\r\n",
-        b"GET / HTTP/9.9\r\n\r\n",
-        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-        b"\r\n\r\n\r\n",
-        b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n",
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100), 400),
+        (b"HELLO\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\n\r\n", 505),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"\r\n\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n", 400),
     ],
 )
-def test_garbage_gets_4xx_or_a_closed_connection(api, garbage) -> None:
-    out = raw(api.port, garbage)
-    assert out == b"" or out.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 404 ")), out
+def test_garbage_gets_its_error_and_a_closed_connection(api, garbage, status) -> None:
+    # One answer each, pinned: the status that names the fault, `Connection: close`, and the close
+    # itself (an EOF within the linger time, not a connection left open for the idle timeout).
+    with socket.create_connection(("127.0.0.1", api.port), timeout=2) as s:
+        s.sendall(garbage)
+        out = b""
+        while chunk := s.recv(65536):  # a TimeoutError here: the connection was kept open
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 %d " % status), out
+    assert b"connection: close" in out.split(b"\r\n\r\n", 1)[0].lower()
     assert api.request("GET", "/health")[0] == 200
 
 
@@ -261,31 +268,3 @@ def test_idle_keep_alive_connection_is_closed_after_5s(api) -> None:
     assert conn.recv(100) == b""  # then nothing more is asked: closed as idle
     assert 4 <= time.monotonic() - started <= 7.5
     conn.close()
-
-
-def test_connection_cap_closes_new_connections_beyond_512(api) -> None:
-    held = []
-    try:
-        for _ in range(512):
-            s = socket.create_connection(("127.0.0.1", api.port), timeout=5)
-            held.append(s)
-        # Let the server accept them all.
-        wait_for(lambda: _refused(api.port), timeout=10)
-        # Closing one frees a place.
-        held.pop().close()
-        time.sleep(0.2)
-        wait_for(lambda: api.request("GET", "/health")[0] == 200, timeout=5)
-    finally:
-        for s in held:
-            s.close()
-
-
-def _refused(port: int) -> bool:
-    try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=2)
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = s.recv(100)
-        s.close()
-        return data == b""
-    except OSError:
-        return True

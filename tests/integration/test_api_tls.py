@@ -276,7 +276,7 @@ def test_ready_with_wrong_credentials_or_unknown_ca_or_no_es(espm, elasticsearch
     es.close()
     time.sleep(1.1)
     code, doc, _ = m.request("GET", "/es/ready")
-    assert code == 503 and "not reachable" in doc["reason"]
+    assert code == 503 and "cannot connect to Elasticsearch" in doc["reason"] and "refused" in doc["reason"]
 
 
 def test_ready_is_503_while_the_process_is_stopped(espm, elasticsearch) -> None:

@@ -9,13 +9,16 @@ import pytest
 
 from espm.supervisor.state import (
     IDLE,
+    MAX_STATE_FILE,
     RUNNING,
     TRANSITIONS,
     Event,
     IllegalTransition,
     ProcessState,
     StateFileError,
+    kept_down,
     next_state,
+    parse_state,
     read_state_file,
     write_state_file,
 )
@@ -96,3 +99,70 @@ def test_unreadable_state_file(tmp_path, content) -> None:
     path.write_bytes(content)
     with pytest.raises(StateFileError, match="remove it"):
         read_state_file(path)
+
+
+# -- after a restart, or a crash of espm itself ---------------------------------------------
+
+
+AFTER_RESTART = [
+    (None, None),
+    (S.NOT_INITIALIZED, None),
+    (S.STARTED, None),
+    (S.START_FAILED, None),
+    (S.STOPPING, S.STOPPED),
+    (S.STOPPED, S.STOPPED),
+    (S.STOP_FAILED, None),
+    (S.KILLING, S.KILLED),
+    (S.KILLED, S.KILLED),
+    (S.KILL_FAILED, None),
+    (S.FAILED, None),
+]
+
+
+@pytest.mark.parametrize(("recorded", "kept"), AFTER_RESTART)
+def test_what_each_recorded_state_means_to_the_next_manager(recorded, kept) -> None:
+    assert kept_down(recorded) is kept
+    # Whatever was recorded, the next manager can start the process (now, or on an API start):
+    # a `started` restored as is would make the first start an IllegalTransition, for good.
+    assert next_state(kept or S.NOT_INITIALIZED, E.START_OK) is S.STARTED
+
+
+def test_the_table_above_names_every_state() -> None:
+    assert {recorded for recorded, _ in AFTER_RESTART} == {None, *ProcessState}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[" * 4000,  # nested past the parser's recursion limit: a RecursionError, not a ValueError
+        b'{"state": ' * 800,
+        b'{"state": "stopped"}' + b" " * MAX_STATE_FILE,  # too large, even if it parses
+        b"\x00" * 100,
+        b'{"state": 1}',
+        b'{"state": null}',
+        b'{"state": ["stopped"]}',
+        b'"stopped"',
+    ],
+)
+def test_a_state_file_that_is_not_ours(tmp_path, content) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    with pytest.raises(StateFileError, match="remove it"):
+        read_state_file(path)
+
+
+def test_a_fifo_directory_or_device_is_refused_without_blocking(tmp_path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody writes it: a blocking open or read would hang here
+    with pytest.raises(StateFileError, match=r"expected a regular file .*, found a FIFO"):
+        read_state_file(fifo)
+    with pytest.raises(StateFileError, match="found a directory"):
+        read_state_file(tmp_path)
+    device = tmp_path / "zero"
+    device.symlink_to("/dev/zero")  # endless: read whole, it would fill the memory
+    with pytest.raises(StateFileError, match="found a character device"):
+        read_state_file(device)
+
+
+def test_a_recorded_state_with_more_fields_still_reads() -> None:
+    assert parse_state(b'{"state": "killing", "since": "x", "by": "someone"}') is S.KILLING

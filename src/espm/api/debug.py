@@ -59,6 +59,23 @@ def _cmdline() -> list[str]:
         return list(sys.argv)
 
 
+def prometheus_number(value: float) -> str:
+    """A sample value at full precision: integers as integers, others as Python's shortest repr.
+
+    `%g` keeps 6 digits: a start time of 1764612551.5 would print as 1.76461e+09 (off by up to
+    5,000 s) and a memory size of 25,165,824 bytes as 2.51658e+07.
+    """
+    if isinstance(value, int):
+        return str(value)
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
 class DebugEndpoints:
     """The handlers of the optional endpoints, reading the manager's counters."""
 
@@ -84,6 +101,10 @@ class DebugEndpoints:
             "http_requests": api.requests if api else 0,
             "http_connections_refused": api.refused if api else 0,
             "http_timeouts": api.timeouts if api else 0,
+            "http_connections_evicted": api.evicted if api else 0,
+            "http_accept_failures": api.accept_failures if api else 0,
+            "http_connections_open": len(api.connections) if api else 0,
+            "http_tls_failures": api.tls_failures if api else 0,
             "keystore_updates": updater.updates if updater else 0,
             "keystore_update_failures": updater.update_failures if updater else 0,
             "keystore_reloads": updater.reloads if updater else 0,
@@ -119,7 +140,7 @@ class DebugEndpoints:
             lines.append(f"# HELP {metric_name} {help_text}")
             lines.append(f"# TYPE {metric_name} {kind}")
             for labels, value in samples:
-                lines.append(f"{metric_name}{labels} {value:g}")
+                lines.append(f"{metric_name}{labels} {prometheus_number(value)}")
 
         from espm.supervisor.state import ProcessState
 

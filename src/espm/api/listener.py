@@ -9,9 +9,10 @@ BACKLOG = 512
 
 def open_listener(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port ("::" also takes IPv4); OSError when it cannot be had."""
-    infos = socket.getaddrinfo(
-        None if host in ("", "*") else host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    # An ASCII host goes as bytes: a str is encoded with the "idna" codec, whose import (with
+    # unicodedata and stringprep) costs half a MiB for nothing.
+    name: str | bytes | None = None if host in ("", "*") else host.encode() if host.isascii() else host
+    infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:

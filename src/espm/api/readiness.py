@@ -14,13 +14,16 @@ from espm.config import KeystoreConfig
 from espm.keystore.elasticsearch import ElasticsearchClient, Unreachable
 
 MAX_AGE = 1.0
+# A kubelet gives a probe 1 s by default: a check of an Elasticsearch that does not answer ends
+# before that, so the probe gets 503 with the reason rather than a timeout of its own.
+CHECK_TIMEOUT = 0.8
 
 
 class ReadinessProbe:
     """Checks Elasticsearch's GET /; None means ready, a string says why not."""
 
-    def __init__(self, config: KeystoreConfig) -> None:
-        self._client = ElasticsearchClient(config)
+    def __init__(self, config: KeystoreConfig, timeout: float = CHECK_TIMEOUT) -> None:
+        self._client = ElasticsearchClient(config, request_timeout=timeout, connect_timeout=timeout)
         self._checked_at = -MAX_AGE
         self._reason: str | None = "not checked yet"
         self._inflight: asyncio.Future[str | None] | None = None
@@ -43,7 +46,7 @@ class ReadinessProbe:
             else:
                 reason = f"Elasticsearch answered GET / with HTTP {answer.status}"
         except Unreachable as err:
-            reason = f"Elasticsearch is not reachable: {err}"
+            reason = str(err)  # names the fault: refused, reset, timeout, TLS check, answer
         except Exception as err:
             # Whatever went wrong, the next probe must get a fresh check, not this one forever.
             reason = f"the readiness check failed: {type(err).__name__}: {err}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -121,6 +122,10 @@ class Router:
             return Response.json(
                 500, {"status": "error", "reason": f"process {self.process.config.name} is {state.value}"}
             )
+        if self.process.record_error is not None:
+            # 200, not 500: a failed liveness probe restarts the container, and the next espm
+            # would act on the older state the file still holds (e.g. start what was stopped).
+            return Response.json(200, {"status": "warning", "reason": self.process.record_error})
         return _OK_HEALTH
 
     def status(self, request: Request) -> Response:
@@ -165,6 +170,5 @@ class Router:
         return Response.json(200, updater.status())
 
     def openapi(self, request: Request) -> Response:
-        from importlib.resources import files
-
-        return Response(200, files("espm").joinpath("openapi.json").read_bytes())
+        # A plain read: importlib.resources would load zipfile and friends (1 MiB) for one file.
+        return Response(200, (Path(__file__).parent.parent / "openapi.json").read_bytes())

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from espm.config import ProcessConfig
+from espm.config import PRIVATE_VARIABLES, ProcessConfig
 from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import ALL_SIGNALS, SignalForwarder, StartupSignals, signal_name
 from espm.supervisor.spawn import SpawnError, spawn
 from espm.supervisor.state import (
     Event,
     ProcessState,
+    kept_down,
     next_state,
     write_state_file,
 )
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("espm.process")
 
 # Secrets of the manager's own that the child must not inherit.
-PRIVATE_VARIABLES = ("KEYSTORE_ES_PASSWORD",)
+RECORD_RETRY = 1.0  # seconds between two tries to record a state the state file missed
 
 
 def rfc3339(at: float) -> str:
@@ -48,6 +49,20 @@ def checksum(path: Path) -> str | None:
     except OSError:
         return None
     return str(crc)
+
+
+def _on_restart(state: ProcessState | None) -> str:
+    """What a restart of espm would do with `state` in the state file."""
+    kept = kept_down(state)
+    return "start the process" if kept is None else f"keep it {kept.value}"
+
+
+def exit_of(status: int) -> tuple[int, int | None]:
+    """The exit code a shell would report for a raw wait status (128+N for signal N), and N."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return 128 - code, -code
+    return code, None
 
 
 @dataclass(frozen=True)
@@ -93,17 +108,85 @@ class ManagedProcess:
         self._on_end = on_end
         self._stop_timer: asyncio.TimerHandle | None = None
         self._status_json: bytes | None = None
+        # The state file: what it holds, and why the current state is not in it (a full disk).
+        self.recorded: ProcessState | None = None
+        self.record_error: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._record_retry: asyncio.TimerHandle | None = None
 
     # -- state ------------------------------------------------------------------------------
 
-    def restore(self, state: ProcessState) -> None:
-        """Take the state recorded by a previous run (no process runs yet)."""
+    def restore(self, state: ProcessState, recorded: ProcessState) -> None:
+        """Take the state kept from a previous run (no process runs yet); `recorded` is the file's."""
         self.state = state
+        self.recorded = recorded
         self._status_json = None
+        if state is not recorded:
+            self._record()  # a `stopping` read as `stopped` is recorded so
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From now on, retry a state that could not be recorded on `loop`."""
+        self._loop = loop
+        if self.record_error is not None:
+            self._record()
+
+    def detach(self) -> None:
+        if self._record_retry is not None:
+            self._record_retry.cancel()
+            self._record_retry = None
+        self._loop = None
+
+    def _record(self) -> None:
+        """Write the state to the state file; on failure say so in the status and retry."""
+        self._record_retry = None
+        path = self.config.state_file
+        if path is None:
+            return
+        try:
+            write_state_file(path, self.state, rfc3339(self.since))
+        except OSError as err:
+            if kept_down(self.recorded) is kept_down(self.state):
+                # A restart would do the same either way (e.g. `stopping` and `stopped`).
+                log.warning("cannot write the state file: %s", err.strerror, extra={"file.path": str(path)})
+                self._cleared()
+                return
+            was = self.recorded.value if self.recorded is not None else "no state"
+            error = (
+                f"the state file cannot be written ({err.strerror}): it still holds {was}, and a "
+                f"restart of espm would {_on_restart(self.recorded)}, not {_on_restart(self.state)}"
+            )
+            if error != self.record_error:
+                log.error("%s", error, extra={"file.path": str(path)})
+            self.record_error = error
+            self._status_json = None
+            if self._loop is not None and not self._loop.is_closed():
+                self._record_retry = self._loop.call_later(RECORD_RETRY, self._record)
+            return
+        self._cleared()
+        self.recorded = self.state
+
+    def _cleared(self) -> None:
+        if self.record_error is not None:
+            log.info(
+                "the state file agrees with the process again",
+                extra={"file.path": str(self.config.state_file)},
+            )
+            self.record_error = None
+            self._status_json = None
 
     def _move(self, event: Event) -> None:
         new = next_state(self.state, event)
-        if new is not self.state or event is Event.START_OK:
+        clean = event is Event.EXITED and self.exit_code in (0, *self.config.success_exit_codes)
+        if new is ProcessState.FAILED and clean:
+            # `failed` only means "ended without an API stop": a clean end is not logged as one.
+            log.info(
+                "process %s: %s -> ended cleanly (exit %s)",
+                self.config.name,
+                self.state.value,
+                self.exit_code,
+                extra={"event.action": event.value, "process.state": new.value},
+            )
+        elif new is not self.state or event is Event.START_OK:
             log.info(
                 "process %s: %s -> %s",
                 self.config.name,
@@ -114,16 +197,12 @@ class ManagedProcess:
         self.state = new
         self.since = time.time()
         self._status_json = None
-        if self.config.state_file is not None:
-            try:
-                write_state_file(self.config.state_file, new, rfc3339(self.since))
-            except OSError as err:
-                log.error(
-                    "cannot write the state file: %s", err, extra={"file.path": str(self.config.state_file)}
-                )
+        if self._record_retry is not None:
+            self._record_retry.cancel()
+        self._record()
 
     def status(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "name": self.config.name,
             "state": self.state.value,
             "since": rfc3339(self.since),
@@ -133,6 +212,9 @@ class ManagedProcess:
             "starts": self.starts,
             "config_checksum": self.config_checksum,
         }
+        if self.record_error is not None:
+            doc["warning"] = self.record_error  # an operator's stop is not safe from a restart
+        return doc
 
     def status_json(self) -> bytes:
         """The status as JSON bytes, built once per state change (the hot path of the API)."""
@@ -243,12 +325,7 @@ class ManagedProcess:
             self._stop_timer = None
         code = os.waitstatus_to_exitcode(status)
         self.pid = None
-        if code < 0:
-            self.exit_signal = -code
-            self.exit_code = 128 - code
-        else:
-            self.exit_signal = None
-            self.exit_code = code
+        self.exit_code, self.exit_signal = exit_of(status)
         requested = self.state in (ProcessState.STOPPING, ProcessState.KILLING)
         self._move(Event.EXITED)
         how = f"signal {signal_name(self.exit_signal)}" if self.exit_signal else f"exit {code}"

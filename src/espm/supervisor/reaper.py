@@ -1,5 +1,10 @@
 """The one owner of waitpid: SIGCHLD → waitpid loop → the exit status to whoever waits for it.
 
+SIGCHLD stays blocked and is read from a signalfd, which is readable for as long as one is
+pending: unlike a byte in Python's wakeup fd (which a storm of other signals overflows), it
+cannot be lost. A `waitpid(-1, WNOHANG)` sweep also runs on every signal the manager gets and
+once a second (as tini does), so no end can wait on a notification alone.
+
 Nothing else in espm waits for a child. Whoever starts one (the managed process, a keystore tool
 run) registers its pid here right after the fork, in the same synchronous step, so a status can
 never be reaped before its owner is known, and never be stolen by another wait.
@@ -20,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("espm.reaper")
 
 PR_SET_CHILD_SUBREAPER = 36
+SWEEP_INTERVAL = 1.0  # seconds between two safety-net sweeps
 
 ExitCallback = Callable[[int], None]
 """Called with the raw wait status of a registered child."""
@@ -40,11 +46,41 @@ class Reaper:
         self.reap_orphans = reap_orphans
         self.orphans_reaped = 0
         self._owners: dict[int, ExitCallback] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._signalfd = -1
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Listen for SIGCHLD on the loop and sweep once for children that ended before."""
-        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        """Read SIGCHLD (held blocked) from a signalfd on the loop; sweep for earlier ends."""
+        from espm.supervisor.signalfd import open_signalfd
+
+        self._loop = loop
+        self._signalfd = open_signalfd((signal.SIGCHLD,))
+        loop.add_reader(self._signalfd, self._on_sigchld)
+        self._sweep()
+
+    def close(self) -> None:
+        """Stop listening (before the loop closes)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._loop is not None and self._signalfd >= 0:
+            self._loop.remove_reader(self._signalfd)
+            os.close(self._signalfd)
+            self._signalfd = -1
+        self._loop = None
+
+    def _on_sigchld(self) -> None:
+        from espm.supervisor.signalfd import read_signals
+
+        if self._signalfd >= 0:
+            read_signals(self._signalfd)  # consumed first: an end after this raises a new one
         self.reap()
+
+    def _sweep(self) -> None:
+        self.reap()
+        if self._loop is not None:
+            self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def register(self, pid: int, on_exit: ExitCallback) -> None:
         """Hand the exit status of child `pid` to `on_exit` when it ends."""

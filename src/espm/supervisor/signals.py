@@ -27,6 +27,8 @@ FORWARDED: tuple[int, ...] = tuple(sorted(int(s) for s in signal.valid_signals()
 # Signals the manager may raise on itself by writing (see signalfd.py): held blocked and read
 # with their sender, instead of being handled blind.
 SELF_RAISED = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
+# Held blocked for good: SIGCHLD is read from the reaper's signalfd, the others from ours.
+HELD = SELF_RAISED | {signal.SIGCHLD}
 # With no process running, these end the manager (exit 0); the others are dropped.
 TERMINATING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
 ALL_SIGNALS = frozenset(signal.valid_signals())
@@ -61,9 +63,18 @@ class StartupSignals:
     def unblock(self) -> None:
         """Deliver what is pending and whatever comes next (to the handlers installed by now).
 
-        SELF_RAISED stay blocked: the signal forwarder reads them from a signalfd.
+        HELD stay blocked: the forwarder and the reaper read them from signalfds.
         """
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask | SELF_RAISED)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask | HELD)
+
+    @staticmethod
+    def hold_all() -> None:
+        """Block every signal for good: once the exit status is known, nothing may change it.
+
+        CPython puts every handler back to its default while it finalizes; a signal that came
+        then (a SIGUSR2 from a storm) would end the manager with 140 instead of the child's status.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
 
 
 SignalCallback = Callable[[int, bool], None]

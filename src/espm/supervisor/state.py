@@ -9,9 +9,12 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 
 
@@ -53,8 +56,15 @@ RUNNING = frozenset({S.STARTED, S.STOPPING, S.STOP_FAILED, S.KILLING, S.KILL_FAI
 UNHEALTHY = frozenset({S.START_FAILED, S.STOP_FAILED, S.KILL_FAILED})
 # States in which an operator's stop or kill is under way.
 SIGNALLED = frozenset({S.STOPPING, S.KILLING})
-# States recorded by an operator's stop or kill: the process stays down across a restart.
-KEPT_DOWN = frozenset({S.STOPPED, S.KILLED})
+# What a recorded state means to the next manager (after a restart, or a crash of espm itself):
+# an operator's stop or kill keeps the process down, including one whose end was asked for but
+# not yet seen (the crash interrupted it). Every other recorded state starts the process.
+KEPT_DOWN: dict[ProcessState, ProcessState] = {
+    S.STOPPED: S.STOPPED,
+    S.KILLED: S.KILLED,
+    S.STOPPING: S.STOPPED,
+    S.KILLING: S.KILLED,
+}
 
 _START = {E.START_OK: S.STARTED, E.START_ERROR: S.START_FAILED}
 
@@ -111,22 +121,78 @@ def next_state(state: ProcessState, event: Event) -> ProcessState:
         raise IllegalTransition(f"no transition from {state.value} on {event.value}") from None
 
 
+def kept_down(recorded: ProcessState | None) -> ProcessState | None:
+    """The state a new manager takes from the recorded one: stopped or killed, or None to start.
+
+    Never raises: a manager that cannot start after a crash would leave the pod crash-looping.
+    """
+    return KEPT_DOWN.get(recorded) if recorded is not None else None
+
+
 class StateFileError(Exception):
     """The state file exists but cannot be read back."""
+
+
+# The file holds one small JSON object; anything larger is not ours.
+MAX_STATE_FILE = 4096
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+_NOT_OURS = "it does not hold a recorded state; remove it to start afresh"
 
 
 def read_state_file(path: Path) -> ProcessState | None:
     """The state recorded at `path`, or None when there is no file yet."""
     try:
-        raw = path.read_bytes()
+        # Non-blocking: a FIFO put in its place must not hang the manager before its handlers run.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as err:
         raise StateFileError(f"cannot read it ({err.strerror})") from None
     try:
-        return ProcessState(json.loads(raw)["state"])
-    except (ValueError, KeyError, TypeError):
-        raise StateFileError("it does not hold a recorded state; remove it to start afresh") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "something else")
+            raise StateFileError(f"expected a regular file (espm writes it itself), found {kind}")
+        if info.st_size > MAX_STATE_FILE:
+            raise StateFileError(
+                f"expected at most {MAX_STATE_FILE} bytes, found {info.st_size}; {_NOT_OURS}"
+            )
+        raw = b""
+        while len(raw) <= MAX_STATE_FILE and (chunk := os.read(fd, MAX_STATE_FILE + 1 - len(raw))):
+            raw += chunk
+    except OSError as err:
+        raise StateFileError(f"cannot read it ({err.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_STATE_FILE:  # it grew while read
+        raise StateFileError(f"expected at most {MAX_STATE_FILE} bytes; {_NOT_OURS}")
+    return parse_state(raw)
+
+
+def parse_state(raw: bytes) -> ProcessState:
+    """The state in a state file's content, or StateFileError."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
+        raise StateFileError(_NOT_OURS) from None
+    state = doc.get("state") if isinstance(doc, dict) else None
+    try:
+        return ProcessState(state if isinstance(state, str) else "")
+    except ValueError:
+        raise StateFileError(_NOT_OURS) from None
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries of writes that a crash of an earlier manager cut short."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def write_state_file(path: Path, state: ProcessState, since: str) -> None:
@@ -135,11 +201,17 @@ def write_state_file(path: Path, state: ProcessState, since: str) -> None:
     data = json.dumps({"state": state.value, "since": since}).encode() + b"\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk must not keep a temporary behind
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
