@@ -297,7 +297,15 @@ def document() -> dict[str, Any]:
                 },
                 "Vars": {
                     "type": "object",
-                    "required": ["cmdline", "uptime_seconds", "memory", "gc", "process", "counters"],
+                    "required": [
+                        "cmdline",
+                        "uptime_seconds",
+                        "memory",
+                        "gc",
+                        "process",
+                        "counters",
+                        "runtime",
+                    ],
                 },
             },
         },
