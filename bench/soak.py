@@ -1175,7 +1175,12 @@ def lowest(a: Sample | None, b: Sample) -> Sample:
         return None if x is None or y is None else min(x, y)
 
     return Sample(
-        b.t, min(a.rss_kib, b.rss_kib), low(a.fds, b.fds), low(a.threads, b.threads), low(a.tasks, b.tasks)
+        b.t,
+        min(a.rss_kib, b.rss_kib),
+        low(a.fds, b.fds),
+        low(a.threads, b.threads),
+        low(a.tasks, b.tasks),
+        b.phase,
     )
 
 
