@@ -777,6 +777,10 @@ class Soak:
             PM_STATE_FILE=str(root / "state.json"),
             PM_CONFIG_FILE=str(config / "elasticsearch.yml"),
             PM_SUCCESS_EXIT_CODES="143",
+            # The stand-in can lose a SIGTERM that lands while its main thread starts a request
+            # thread (socketserver's handle_error swallows the exception the handler raises):
+            # espm then ends it as a pod's grace period would.
+            PM_STOP_TIMEOUT="5",
             PM_LOG_LEVEL="info",
             PM_LOG_FORMAT="json",
             KEYSTORE_SOURCE_DIR=str(secrets_dir),

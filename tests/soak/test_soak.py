@@ -271,7 +271,11 @@ def test_soak_60_seconds(tmp_path: Path) -> None:
     )
     assert run.returncode != 2, run.stdout + run.stderr
     doc = json.loads(out.read_text())
-    failed = [f"{c['name']}: {c['summary']}" for c in doc["checks"] if not c["passed"]]
+    failed = [
+        "\n    ".join([f"{c['name']}: {c['summary']}", *c["details"]])
+        for c in doc["checks"]
+        if not c["passed"]
+    ]
     assert run.returncode == 0 and not failed, "\n".join(failed) + "\n\n" + run.stdout[-6000:]
     assert {c["name"] for c in doc["checks"]} == {"rss", "leaks", "answers", "keystore", "lifecycle", "log"}
     assert doc["counts"]["swaps"] >= 30 and doc["counts"]["storms"] >= 5 and doc["counts"]["cycles"] >= 3
