@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "espm"
 ALLOWED: dict[str, frozenset[str]] = {
     "suggest": frozenset(),
     "config": frozenset({"suggest"}),
-    "logs": frozenset(),
+    "logs": frozenset({"system"}),
     "system": frozenset(),
     "supervisor": frozenset({"config", "system"}),
     "keystore": frozenset({"config", "system", "supervisor"}),

@@ -101,7 +101,7 @@ class KeystoreUpdater:
         return self._reloader.failures if self._reloader else 0
 
     def status(self) -> dict[str, Any]:
-        from espm.supervisor.process import rfc3339
+        from espm.system.timestamps import rfc3339
 
         return {
             "state": self.board.state.value,

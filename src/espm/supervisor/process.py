@@ -24,6 +24,7 @@ from espm.supervisor.state import (
     next_state,
     write_state_file,
 )
+from espm.system.timestamps import rfc3339
 
 if TYPE_CHECKING:
     import asyncio
@@ -32,11 +33,6 @@ log = logging.getLogger("espm.process")
 
 # Secrets of the manager's own that the child must not inherit.
 RECORD_RETRY = 1.0  # seconds between two tries to record a state the state file missed
-
-
-def rfc3339(at: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
-    return f"{seconds}.{int(at % 1 * 1000):03d}Z"
 
 
 def checksum(path: Path) -> str | None:
