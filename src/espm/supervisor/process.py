@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("espm.process")
 
-# Secrets of the manager's own that the child must not inherit.
 RECORD_RETRY = 1.0  # seconds between two tries to record a state the state file missed
 
 
