@@ -106,8 +106,9 @@ VARIABLES: tuple[Variable, ...] = (
 # Elasticsearch before it starts (and would export espm's password into its environment).
 PRIVATE_VARIABLES = frozenset(v.name for v in VARIABLES if v.secret or v.name.endswith("_FILE"))
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
+# The words a boolean variable accepts (the ctl client reads PM_TLS with them too).
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -214,9 +215,9 @@ class _Source:
 
 def _parse_bool(value: str) -> bool:
     lowered = value.strip().lower()
-    if lowered in _TRUE:
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in _FALSE:
+    if lowered in FALSE_WORDS:
         return False
     raise ValueError("")
 
