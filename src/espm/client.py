@@ -28,7 +28,8 @@ _PATHS = {
     "keystore": ("GET", "/keystore/status"),
 }
 _DESCRIPTIONS = {"restart": "POST /{name}/stop, wait until the process is down, POST /{name}/start."}
-# States in which no process runs: a restart may start it again.
+# States in which no process runs (supervisor.state.IDLE, which the client may not import): a
+# restart may start it again.
 _DOWN = ("stopped", "killed", "failed", "notInitialized", "startFailed")
 
 

@@ -18,6 +18,7 @@ from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import ALL_SIGNALS, SignalForwarder, StartupSignals, signal_name
 from espm.supervisor.spawn import SpawnError, spawn
 from espm.supervisor.state import (
+    SIGNALLED,
     Event,
     ProcessState,
     kept_down,
@@ -225,7 +226,7 @@ class ManagedProcess:
 
     def start(self) -> Outcome:
         """Start the process unless one runs; a start while stopping or killing is refused."""
-        if self.state in (ProcessState.STOPPING, ProcessState.KILLING):
+        if self.state in SIGNALLED:
             return Outcome(error=f"cannot start while {self.state.value}")
         if self.running:
             if self.state is not ProcessState.STARTED:
@@ -261,7 +262,7 @@ class ManagedProcess:
 
     def stop(self) -> Outcome:
         """SIGTERM to the group; escalate to SIGKILL after PM_STOP_TIMEOUT if set."""
-        if not self.running or self.state in (ProcessState.STOPPING, ProcessState.KILLING):
+        if not self.running or self.state in SIGNALLED:
             return Outcome()
         pid = self.pid
         assert pid is not None
@@ -321,7 +322,7 @@ class ManagedProcess:
         code = os.waitstatus_to_exitcode(status)
         self.pid = None
         self.exit_code, self.exit_signal = exit_of(status)
-        requested = self.state in (ProcessState.STOPPING, ProcessState.KILLING)
+        requested = self.state in SIGNALLED
         self._move(Event.EXITED)
         how = f"signal {signal_name(self.exit_signal)}" if self.exit_signal else f"exit {code}"
         log.info(

@@ -1,4 +1,4 @@
-"""The ctl client finds the manager where the manager listens by default: one table for both."""
+"""The ctl client agrees with the manager's tables: where it listens by default, when it is down."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from espm import client, config
+from espm.supervisor.state import IDLE
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +41,8 @@ def test_the_environment_and_the_flags_win_over_the_table(monkeypatch: pytest.Mo
     monkeypatch.setenv("PM_TLS", "yes")
     assert base_url() == "https://127.0.0.1:9200"
     assert base_url("--pm-http-port", "9300", "--pm-tls", "false") == "http://127.0.0.1:9300"
+
+
+def test_a_restart_waits_for_exactly_the_states_in_which_no_process_runs() -> None:
+    # The client may not import the supervisor: this keeps its copy of IDLE the table's.
+    assert set(client._DOWN) == {state.value for state in IDLE}
