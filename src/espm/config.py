@@ -8,13 +8,14 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 SETTING_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 PROC_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 # Names that would shadow the manager's own routes.
 RESERVED_PROC_NAMES = frozenset({"health", "keystore", "debug", "metrics", "openapi.json"})
 UPDATER_OFF_HINT = "set PM_KEYSTORE_UPDATER=false to run without the keystore updater"
+T = TypeVar("T")
 
 
 class Invalid(ValueError):
@@ -193,7 +194,7 @@ class _Source:
         value = self._env.get(name)
         return value if value is not None else self._vars[name].default
 
-    def parse(self, name: str, parser: Callable[[str], Any], expected: str) -> Any:
+    def parse(self, name: str, parser: Callable[[str], T], expected: str) -> T:
         value = self.raw(name)
         try:
             return parser(value)
@@ -203,7 +204,7 @@ class _Source:
             raise ConfigError(name, value, expected + detail, secret=self._vars[name].secret) from None
 
     def boolean(self, name: str) -> bool:
-        return bool(self.parse(name, _parse_bool, "expected true/false, 1/0, yes/no or on/off"))
+        return self.parse(name, _parse_bool, "expected true/false, 1/0, yes/no or on/off")
 
     def path(self, name: str) -> Path | None:
         value = self.raw(name).strip()
