@@ -1,4 +1,4 @@
-"""Files beside the keystore: atomic replacement that leaves nothing behind, folders owned by a lock."""
+"""Work folders beside the keystore, owned by a lock: removed only once their holder is gone."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ import errno
 import os
 import resource
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,22 @@ from espm.system.libc import checked, libc
 IN_OPEN = 0x20
 IN_MOVED_TO = 0x80
 IN_ISDIR = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+# Run in a mount namespace of its own, where the folder is a 16 KiB tmpfs.
+ON_A_FULL_TMPFS = """
+import os, sys
+from pathlib import Path
+from espm.system.files import replace_atomically
+target = Path(sys.argv[1]) / "state.json"
+target.write_bytes(b"old\\n")
+try:
+    replace_atomically(target, b"x" * 65536)
+except OSError as err:
+    print(err.errno, sorted(os.listdir(target.parent)), target.read_bytes())
+"""
 
 
 @contextlib.contextmanager
@@ -98,6 +116,22 @@ def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> Non
     assert caught.value.errno == errno.EFBIG
     assert target.read_bytes() == b"old\n"
     assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_a_full_tmpfs_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    def own_small_tmpfs() -> None:
+        checked(libc.unshare(CLONE_NEWNS))
+        checked(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))
+        checked(libc.mount(b"tmpfs", os.fsencode(tmp_path), b"tmpfs", 0, b"size=16k,mode=0755"))
+
+    done = subprocess.run(
+        [sys.executable, "-c", ON_A_FULL_TMPFS, str(tmp_path)],
+        preexec_fn=own_small_tmpfs,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.stdout.strip() == f"{errno.ENOSPC} ['state.json'] b'old\\n'", done.stderr
 
 
 def test_a_failed_rename_leaves_neither_a_temporary_file_nor_a_changed_target(tmp_path: Path) -> None:
