@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from espm.keystore.managed import managed_path, record_managed
+from espm.supervisor.state import ProcessState, write_state_file
 from espm.system.files import move_into_place, replace_atomically
 from espm.system.libc import checked, libc
 
@@ -100,6 +102,20 @@ def test_moving_a_complete_file_into_place_fsyncs_the_folder_after_the_rename(tm
         move_into_place(new, target)
     assert target.read_bytes() == b"new" and not new.exists()
     assert folder_opened_after_rename(events, "elasticsearch.keystore"), events
+
+
+@pytest.mark.parametrize("record", ["managed names", "process state"])
+def test_the_records_beside_the_keystore_and_the_state_are_durable(record: str, tmp_path: Path) -> None:
+    # The managed-names record must be on disk before the keystore gets the names: its rename too.
+    with folder_events(tmp_path) as events:
+        if record == "managed names":
+            path = managed_path(tmp_path / "elasticsearch.keystore")
+            record_managed(path, {"s3.client.default.secret_key"})
+        else:
+            path = tmp_path / "state.json"
+            write_state_file(path, ProcessState.STOPPED, "2026-12-01T18:41:29.123Z")
+    assert folder_opened_after_rename(events, path.name), events
+    assert os.listdir(tmp_path) == [path.name]
 
 
 def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
