@@ -10,7 +10,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "espm"
 
 # Each part of espm, and the parts it may import. Data flows one way:
-# config -> manager -> (supervisor, api, keystore); supervisor/ and keystore/ never know the API.
+# config -> manager -> (supervisor, api, keystore); supervisor/ and keystore/ never know the API,
+# and the API knows the manager only as api/port.py's Control, which the manager implements.
 ALLOWED: dict[str, frozenset[str]] = {
     "suggest": frozenset(),
     "config": frozenset({"suggest"}),

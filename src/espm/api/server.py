@@ -519,7 +519,7 @@ def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
 
 
 class ApiServer:
-    """Listens on PM_HTTP_HOST:PM_HTTP_PORT and serves the router's endpoints."""
+    """Serves, on the listener it is given, what `route` answers (routes.py's `Router.route`)."""
 
     def __init__(
         self,
