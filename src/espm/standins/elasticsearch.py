@@ -19,7 +19,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -584,6 +584,19 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _StopError
 
 
+def _stop_serving(server: StandinServer) -> Callable[[int, FrameType | None], None]:
+    """SIGTERM while serving: end serve_forever from another thread (it cannot end itself).
+
+    Raising from the handler instead could land inside socketserver's request handling, whose
+    `except Exception` turns it into a logged error: the SIGTERM was then lost.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    return stop
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -653,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         server = StandinServer((options.host, options.port), state, tls)
     except _StopError:
         return 0
+    signal.signal(signal.SIGTERM, _stop_serving(server))
     try:
         port = server.server_address[1]
         if options.port_file is not None:
