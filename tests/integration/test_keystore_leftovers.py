@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import descendants, wait_for
-from tests.keystore_helpers import (
+from tests.keystore_fixtures import (
     CHILD,
     KEYSTORE,
     KeystoreSetup,
