@@ -219,7 +219,8 @@ def test_a_client_that_pipelines_and_never_reads_costs_bounded_memory(espm) -> N
     sent = 0
     with socket.create_connection(("127.0.0.1", m.port)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
-        s.settimeout(2)
+        # A send blocked for 1 s: the server stopped reading (without backpressure it never does).
+        s.settimeout(1)
         deadline = time.monotonic() + 6
         try:
             while time.monotonic() < deadline and sent < 40_000_000:
