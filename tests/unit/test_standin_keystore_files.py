@@ -18,8 +18,16 @@ from tests.unit import test_standins as standins
 from tests.unit.test_standins import RELOAD, Run, Tool, _error
 
 # The stand-in fixtures of test_standins, shared rather than copied.
-tool = standins.tool
 launcher = standins.launcher
+
+
+@pytest.fixture
+def tool(tmp_path: Path) -> Tool:
+    """The tool at its default version (test_standins runs a faster one): formats are tested here."""
+    conf = tmp_path / "config"
+    conf.mkdir()
+    return Tool(conf)
+
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "keystores"
 MANIFEST = json.loads((DATA / "manifest.json").read_text())
