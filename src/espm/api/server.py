@@ -28,11 +28,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import resource
 import socket
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 
 import h11
 
@@ -69,6 +70,8 @@ PIPELINE_BATCH = 32  # pipelined requests answered before the loop turns to the 
 TLS_READ = 16 * 1024
 SWEEP_INTERVAL = 1.0
 SHUTDOWN_GRACE = 2.0
+# Private, for the black-box tests of the time limits only (see Limits.from_environ).
+TEST_LIMITS_VARIABLE = "_ESPM_TEST_API_LIMITS"
 
 # The statuses espm answers with (http.HTTPStatus's phrases; importing `http` costs 256 KiB).
 REASONS = {
@@ -104,6 +107,30 @@ class Limits:
     pressed_request: float = PRESSED_REQUEST
     pipeline_batch: int = PIPELINE_BATCH
     sweep_interval: float = SWEEP_INTERVAL
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Limits:
+        """The defaults, or as TEST_LIMITS_VARIABLE says ("request_timeout=1.5,sweep_interval=0.05").
+
+        Private to the tests, not a setting: the black-box tests of the time limits run against a
+        real socket in a second, not by waiting out 10 s and 5 s.
+        """
+        text = environ.get(TEST_LIMITS_VARIABLE, "").strip()
+        if not text:
+            return cls()
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, float] = {}
+        for item in text.split(","):
+            name, _, value = (part.strip() for part in item.partition("="))
+            if name not in types:
+                raise ValueError(f"{TEST_LIMITS_VARIABLE}: {name!r} is not one of {', '.join(types)}")
+            try:
+                values[name] = int(value) if types[name] == "int" else float(value)
+            except ValueError:
+                raise ValueError(f"{TEST_LIMITS_VARIABLE}: {name}={value!r} is not a number") from None
+            if values[name] <= 0:
+                raise ValueError(f"{TEST_LIMITS_VARIABLE}: {name}={value!r} is not positive")
+        return cls(**values)  # type: ignore[arg-type]
 
 
 class Connection(asyncio.Protocol):
@@ -530,7 +557,7 @@ class ApiServer:
     ) -> None:
         self.route = route
         self.host = host  # as configured, for the log
-        self.limits = limits = limits or Limits()
+        self.limits = limits = limits or Limits.from_environ(os.environ)
         # Least recently active first: a connection moves to the end when it is admitted and
         # each time it is answered, so the front is where eviction looks.
         self.connections: dict[Connection, None] = {}
