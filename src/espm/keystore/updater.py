@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from espm import heap
 from espm.config import KeystoreConfig
 from espm.keystore.auto_writer import AutoWriter
 from espm.keystore.elasticsearch import ElasticsearchClient
@@ -148,6 +149,8 @@ class KeystoreUpdater:
             log.error("keystore update failed unexpectedly", exc_info=True)
             self.update_failures += 1
             self.board.set(UpdaterState.FAILED, f"{FAILED_UPDATE}unexpected {type(err).__name__}")
+        finally:
+            heap.trim()  # the snapshot, the old and new keystore and their buffers are freed
 
     def start_watching(self) -> None:
         """Watch the directory (inotify) and keep the keystore in line from now on."""
