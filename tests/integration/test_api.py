@@ -161,14 +161,6 @@ def test_openapi_document_is_served_and_matches_the_repository(api) -> None:
     assert doc == json.loads((ROOT / "src" / "espm" / "openapi.json").read_text())
 
 
-def test_the_route_table_and_the_openapi_document_agree() -> None:
-    from espm.api.routes import ROUTES
-
-    doc = json.loads((ROOT / "src" / "espm" / "openapi.json").read_text())
-    documented = {(path, method.upper()) for path, item in doc["paths"].items() for method in item}
-    assert {(path, method) for path, method, _, _ in ROUTES} == documented
-
-
 def test_every_documented_route_answers_a_documented_status(espm) -> None:
     doc = json.loads((ROOT / "src" / "espm" / "openapi.json").read_text())
     for switches in ({}, {"PM_EXP_VARS": "1", "PM_METRICS": "1", "PM_PROFILER": "1"}):

@@ -47,7 +47,7 @@ config = configure(flags, {"PM_KEYSTORE_UPDATER": "false"})
 assert (config.http.port, config.log.level) == (0, "info"), config
 assert unknown_variables({"PM_HTTP_PORT": "1", "KEYSTORE_PASSWORD": "x"}) == []
 import espm.manager, espm.api.server, espm.api.debug, espm.api.readiness, espm.keystore.updater
-from espm import heap
+from espm.system import heap
 from espm.keystore import crypto, files, format as ksf, status
 from espm.keystore.elasticsearch import _Tls
 from espm.keystore.source import read_snapshot

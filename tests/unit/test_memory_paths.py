@@ -84,7 +84,7 @@ def test_sha256_and_pbkdf2_are_hashlibs() -> None:
 
 
 TRIM = """
-from espm import heap
+from espm.system import heap
 def rss():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import h11
 
 from espm.config import KeystoreConfig
+from espm.wire import message_bytes
 
 REQUEST_TIMEOUT = 30.0  # the whole request, from connect to the answer's last byte
 CONNECT_TIMEOUT = 5.0
@@ -302,10 +303,9 @@ class ElasticsearchClient:
         headers = list(self._headers)
         if body is not None:
             headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
-        out = conn.send(h11.Request(method=method, target=self.base + path, headers=headers)) or b""
-        if body:
-            out += conn.send(h11.Data(data=body)) or b""
-        out += conn.send(h11.EndOfMessage()) or b""
+        out = message_bytes(
+            conn, h11.Request(method=method, target=self.base + path, headers=headers), body or b""
+        )
         if tls is not None:
             await tls.send(out)
         else:

@@ -1,8 +1,7 @@
-"""Files beside the keystore: atomic replacement with fsyncs, and work folders owned by a lock.
+"""Files beside the keystore: work folders and temporary files owned by a lock.
 
-- `replace_atomically` writes a temporary file in the target's folder, fsyncs it, renames it over
-  the target and fsyncs the folder: a crash leaves the old file or the new one, and a failure
-  (a full disk) leaves neither a partial file nor the temporary one.
+(Atomic replacement with its fsyncs is `espm.system.files`.)
+
 - A work folder is owned through an exclusive `flock` on an open descriptor of the folder, not
   through a pid: pids mean nothing across PID namespaces (every container's first process is
   pid 1), while the lock dies with its holder, however it dies. A folder whose lock can be taken
@@ -18,42 +17,6 @@ import os
 from pathlib import Path
 
 _ATTEMPTS = 5
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or an unlink in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def replace_atomically(path: Path, data: bytes, mode: int = 0o600, tmp: Path | None = None) -> None:
-    """Replace `path` by a file holding `data`, through `tmp` (default `.NAME.tmp` beside it).
-
-    Raises OSError; the temporary file never outlives a failure.
-    """
-    tmp = tmp or path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 class LockedFolder:

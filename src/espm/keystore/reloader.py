@@ -7,11 +7,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from espm import heap
 from espm.keystore.answers import error_reason, reload_problems, root_version
 from espm.keystore.elasticsearch import ElasticsearchClient, Unreachable
 from espm.keystore.status import FAILED_RELOAD, RELOADED, WAITING, StatusBoard, UpdaterState, backoff
 from espm.keystore.writer import UpdateError
+from espm.system import heap
 
 log = logging.getLogger("espm.keystore")
 

@@ -17,7 +17,6 @@ import logging
 import time
 from typing import Any
 
-from espm import heap
 from espm.config import KeystoreConfig
 from espm.keystore.auto_writer import AutoWriter
 from espm.keystore.elasticsearch import ElasticsearchClient
@@ -34,6 +33,7 @@ from espm.keystore.tool_writer import WORK_PREFIX, ToolWriter
 from espm.keystore.writer import KeystoreWriter, UpdateError, sha256_file
 from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import StartupSignals
+from espm.system import heap
 
 log = logging.getLogger("espm.keystore")
 
@@ -102,7 +102,7 @@ class KeystoreUpdater:
         return self._reloader.failures if self._reloader else 0
 
     def status(self) -> dict[str, Any]:
-        from espm.supervisor.process import rfc3339
+        from espm.system.timestamps import rfc3339
 
         return {
             "state": self.board.state.value,

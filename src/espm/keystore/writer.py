@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from espm.keystore.crypto import sha256
-from espm.keystore.files import fsync_dir
+from espm.system.files import move_into_place
 
 KEYSTORE_NAME = "elasticsearch.keystore"
 # What the tool and the node give a keystore they create: rw-rw----.
@@ -58,13 +58,7 @@ def install(new: Path, path: Path, old: os.stat_result | None) -> None:
     else:
         os.chmod(new, old.st_mode & 0o7777)
         keep_owner(new, old)
-    fd = os.open(new, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(new, path)
-    fsync_dir(path.parent)
+    move_into_place(new, path)
 
 
 def keep_owner(target: Path, old: os.stat_result) -> None:

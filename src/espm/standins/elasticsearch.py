@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import datetime as dt
 import fnmatch
 import hashlib
 import hmac
@@ -29,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from espm.keystore import format as ksf
+from espm.system.timestamps import rfc3339
 
 from .keystore_tool import CORRUPTED, WRONG_PASSWORD, ToolVersion, format_refusal
 
@@ -71,11 +71,6 @@ def _lucene_version(version: ToolVersion) -> str:
 
 def _previous_major(version: ToolVersion) -> str:
     return {6: "5.6.0", 7: "6.8.0", 8: "7.17.0", 9: "8.19.0"}.get(version.major, "8.19.0")
-
-
-def _timestamp(seconds: float) -> str:
-    moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _java_split(path: str) -> list[str]:
@@ -241,7 +236,7 @@ class NodeState:
             node["secure_setting_names"] = names
             node["keystore_path"] = str(self.keystore)
             node["keystore_digest"] = hashlib.sha256(digested).hexdigest()
-            node["keystore_last_modified_time"] = _timestamp(mtime)
+            node["keystore_last_modified_time"] = rfc3339(mtime)
         return node
 
 

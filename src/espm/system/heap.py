@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
+from espm.system.libc import libc
+
 _trim: Callable[[int], int] | None = None
 _looked = False
 
@@ -22,8 +24,8 @@ def trim() -> None:
     if not _looked:
         _looked = True
         try:
-            fn = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
+            fn = libc.malloc_trim
+        except AttributeError:
             return
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_size_t]
