@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
@@ -11,10 +10,11 @@ from typing import TYPE_CHECKING
 
 from espm import __version__
 from espm.config import VARIABLES, Config, ConfigError, load, unknown_variables
-from espm.suggest import SuggestingParser, unknown_command
 from espm.supervisor.signals import StartupSignals
 
 if TYPE_CHECKING:
+    import argparse
+
     from espm.api.tls import CertificateWatcher
     from espm.supervisor.state import ProcessState
 
@@ -33,6 +33,10 @@ def _variables_help() -> str:
 
 
 def _top_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from espm.suggest import SuggestingParser
+
     parser = SuggestingParser(
         prog="espm",
         description="A PID 1 process manager for Elasticsearch containers.",
@@ -59,6 +63,12 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def _run_parser() -> argparse.ArgumentParser:
+    # argparse (with its help formatter's shutil, bz2 and lzma) and difflib cost the running
+    # manager about 1.3 MiB of RSS: they are imported only when the flags need them.
+    import argparse
+
+    from espm.suggest import SuggestingParser
+
     parser = SuggestingParser(
         prog="espm run",
         description="Run the manager.",
@@ -86,9 +96,33 @@ def _split_command(argv: list[str]) -> tuple[list[str], tuple[str, ...] | None]:
 def configure(argv: list[str], env: dict[str, str]) -> Config:
     """The configuration from flags, then the environment, then the defaults."""
     options, command = _split_command(argv)
-    args = _run_parser().parse_args(options)
-    flags = {v.name: getattr(args, v.dest) for v in VARIABLES}
+    flags = _plain_flags(options)
+    if flags is None:
+        args = _run_parser().parse_args(options)
+        flags = {v.name: getattr(args, v.dest) for v in VARIABLES}
     return load(env, flags, command)
+
+
+def _plain_flags(options: list[str]) -> dict[str, str | None] | None:
+    """The flags when each is `--pm-x=VALUE` or `--pm-x VALUE` (VALUE not starting with -), the
+    forms argparse reads the same way; None for anything else (help, version, an abbreviation,
+    a mistake), which argparse reads, answers or explains."""
+    names = {v.flag: v.name for v in VARIABLES}
+    flags: dict[str, str | None] = {v.name: None for v in VARIABLES}
+    at = 0
+    while at < len(options):
+        flag, equals, value = options[at].partition("=")
+        name = names.get(flag)
+        if name is None:
+            return None
+        if not equals:
+            at += 1
+            if at == len(options) or options[at].startswith("-"):
+                return None
+            value = options[at]
+        flags[name] = value
+        at += 1
+    return flags
 
 
 def _run(argv: list[str], startup: StartupSignals) -> int:
@@ -173,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args[0] if args and args[0] in COMMANDS else None
     if command is None and args and not args[0].startswith("-"):
         startup.unblock()
+        from espm.suggest import unknown_command
+
         return unknown_command(_top_parser(), args[0])
     if command is None and args and args[0] in ("-h", "--help", "--version"):
         startup.unblock()

@@ -463,14 +463,17 @@ def load(
 
 def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
     """PM_* and KEYSTORE_* names in `env` that are no variable of ours, each with the closest one."""
-    from espm.suggest import closest
-
     known = [v.name for v in VARIABLES]
-    return [
-        (name, closest(name, known))
+    unknown = [
+        name
         for name in sorted(env)
         if name.startswith(("PM_", "KEYSTORE_")) and name not in known and name not in _IMAGE_VARIABLES
     ]
+    if not unknown:
+        return []  # and argparse and difflib stay out of the manager
+    from espm.suggest import closest
+
+    return [(name, closest(name, known)) for name in unknown]
 
 
 # Variables of the Elasticsearch images' docker-entrypoint.sh that share our prefixes: the

@@ -110,7 +110,10 @@ class _Tls:
     ) -> None:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_hostname=host)
+        # An ASCII host goes as bytes: ssl encodes a str with the "idna" codec, whose import
+        # (unicodedata, stringprep) costs half a MiB of RSS for nothing an ASCII name needs.
+        server_hostname: str | bytes = host.encode("ascii") if host.isascii() else host
+        self._obj = context.wrap_bio(self._in, self._out, server_hostname=server_hostname)
         self._reader = reader
         self._writer = writer
 

@@ -33,6 +33,7 @@ from espm.keystore.tool_writer import WORK_PREFIX, ToolWriter
 from espm.keystore.writer import KeystoreWriter, UpdateError, sha256_file
 from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import StartupSignals
+from espm.system import heap
 
 log = logging.getLogger("espm.keystore")
 
@@ -148,6 +149,8 @@ class KeystoreUpdater:
             log.error("keystore update failed unexpectedly", exc_info=True)
             self.update_failures += 1
             self.board.set(UpdaterState.FAILED, f"{FAILED_UPDATE}unexpected {type(err).__name__}")
+        finally:
+            heap.trim()  # the snapshot, the old and new keystore and their buffers are freed
 
     def start_watching(self) -> None:
         """Watch the directory (inotify) and keep the keystore in line from now on."""

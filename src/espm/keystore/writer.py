@@ -3,12 +3,12 @@ the last step they share: put a complete new file in place of the old one."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from espm.keystore.crypto import sha256
 from espm.system.files import move_into_place
 
 KEYSTORE_NAME = "elasticsearch.keystore"
@@ -36,11 +36,8 @@ class KeystoreWriter(Protocol):
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(65536):
-            h.update(chunk)
-    return h.hexdigest()
+    # Whole: a keystore is kilobytes (a megabyte at thousands of settings), read whole to write.
+    return sha256(path.read_bytes()).hex()
 
 
 def current_stat(path: Path) -> os.stat_result | None:
