@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from espm.supervisor.state import ProcessState
 
 CLIENT_COMMANDS = ("status", "start", "stop", "kill", "keystore")
-COMMANDS = ("run", "demo", *CLIENT_COMMANDS)
+COMMANDS = ("run", "demo", "install", *CLIENT_COMMANDS)
 EXIT_CONFIG = 2
 
 
@@ -37,13 +37,15 @@ def _top_parser() -> argparse.ArgumentParser:
         description="A PID 1 process manager for Elasticsearch containers.",
         usage="espm [run] [--pm-...=VALUE ...] [-- CMD ARGS...]\n"
         "       espm {status,start,stop,kill,keystore} [--url URL] [--json] ...\n"
-        "       espm demo",
+        "       espm demo\n"
+        "       espm install DIR",
         epilog=_variables_help() + "\n\ncommands:\n"
         "  run        run the manager (the default): starts CMD, or PM_PROC_CMD\n"
         "  status     show the managed process's status\n"
         "  start, stop, kill   act on the managed process\n"
         "  keystore   show the keystore updater's status\n"
         "  demo       run espm on a built-in demo (stand-in Elasticsearch and keystore tool)\n"
+        "  install    copy this standalone espm into DIR (for an init container)\n"
         "\nexit status of run: the process's own (128+N for signal N), 2 on a configuration "
         "error,\n127/126 when the command cannot be started.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -165,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from espm.demo import main as demo_main
 
         return demo_main(args[1:])
+    if command == "install":
+        startup.unblock()
+        from espm.install import main as install_main
+
+        return install_main(args[1:])
     if command == "run":
         args = args[1:]
     try:
