@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ ES_USER = "elastic"
 ES_PASSWORD = "pw-Zq8xK3vLq9-es"  # distinctive, so a leak is easy to find
 KEYSTORE = "elasticsearch.keystore"
 WORK_PREFIX = ".espm-keystore-"
+_DECODED: dict[tuple[bytes, str], dict[str, bytes]] = {}
 
 
 # --- the Secret folder ----------------------------------------------------------------------
@@ -89,6 +91,8 @@ class KeystoreSetup:
             "KEYSTORE_BINARY": str(self.binary),
             "KEYSTORE_PATH": str(self.keystore),
             "STANDIN_KEYSTORE_LOG": str(self.log),
+            # The tool's path unless a test asks for another writer (the native one runs no tool).
+            "KEYSTORE_WRITER": "tool",
         }
         return base_env(**{**settings, **extra})
 
@@ -113,8 +117,14 @@ class KeystoreSetup:
         self.tool("add", "-x", "bootstrap.password", stdin=b"bootstrap-pw\n")
         return self.keystore.read_bytes()
 
-    def settings(self) -> dict[str, bytes]:
-        return parse_keystore(self.keystore.read_bytes())
+    def settings(self, password: str = "") -> dict[str, bytes]:
+        """The keystore's entries, decrypted (real format): cached by content, since formats 6
+        and 7 cost 210,000 PBKDF2 rounds a read and tests poll this."""
+        data = self.keystore.read_bytes()
+        key = (hashlib.sha256(data).digest(), password)
+        if key not in _DECODED:
+            _DECODED[key] = parse_keystore(data, password)
+        return dict(_DECODED[key])
 
     def runs(self) -> list[list[str]]:
         """argv of every tool run the manager made, in order."""
@@ -128,10 +138,24 @@ class KeystoreSetup:
         return sorted(p.name for p in self.conf.iterdir() if p.name.startswith(WORK_PREFIX))
 
 
+def shm_files_holding(needle: bytes) -> list[Path]:
+    """Files under /dev/shm (the pod's shared tmpfs) whose bytes hold `needle`."""
+    found = []
+    for folder, _, files in os.walk("/dev/shm"):
+        for name in files:
+            path = Path(folder, name)
+            try:
+                if needle in path.read_bytes():
+                    found.append(path)
+            except OSError:
+                continue  # gone meanwhile, or another user's
+    return found
+
+
 def pairs_of(argv: list[str]) -> list[str]:
-    """Setting names of an `add-file -f NAME PATH...` run."""
-    assert argv[:2] == ["add-file", "-f"], argv
-    rest = argv[2:]
+    """Setting names of an `add-file -f -- NAME PATH...` run (`--`: names are never options)."""
+    assert argv[:3] == ["add-file", "-f", "--"], argv
+    rest = argv[3:]
     assert len(rest) % 2 == 0, argv
     return rest[0::2]
 

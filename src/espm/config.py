@@ -92,6 +92,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("KEYSTORE_ES_ENDPOINT", "https://127.0.0.1:9200", "Elasticsearch endpoint"),
     Variable("KEYSTORE_ES_VERSION", "", "Elasticsearch version; empty: read from GET /"),
     Variable("KEYSTORE_TOOL_TIMEOUT", "120", "seconds one keystore tool run may take"),
+    Variable(
+        "KEYSTORE_WRITER",
+        "auto",
+        "native (no JVM), tool (KEYSTORE_BINARY), or auto: native when the file's format is known",
+    ),
+    Variable("KEYSTORE_PASSWORD_FILE", "", "file holding the keystore's password (also sent on reload)"),
 )
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -143,6 +149,8 @@ class KeystoreConfig:
     es_endpoint: str
     es_version: str
     tool_timeout: float
+    writer: str = "auto"
+    password_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +356,26 @@ def _parse_endpoint(value: str) -> str:
     return value.strip().rstrip("/")
 
 
+KEYSTORE_WRITERS = ("auto", "native", "tool")
+
+
+def read_password_file(path: Path) -> str:
+    """A password file's text, one trailing newline dropped (as `echo` and Secrets leave one)."""
+    text = path.read_bytes().decode("utf-8", "replace")
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _keystore_format(src: _Source, version: str) -> int:
+    from espm.keystore.format import format_for_es_version
+
+    try:
+        return format_for_es_version(version)
+    except ValueError as err:
+        raise src.error(
+            "KEYSTORE_ES_VERSION", f"the native writer cannot write its keystore ({err})"
+        ) from None
+
+
 def _keystore(src: _Source) -> KeystoreConfig:
     enabled = src.boolean("PM_KEYSTORE_UPDATER")
     reload = src.boolean("KEYSTORE_RELOAD_CREDENTIALS")
@@ -365,10 +393,17 @@ def _keystore(src: _Source) -> KeystoreConfig:
     endpoint = src.parse("KEYSTORE_ES_ENDPOINT", _parse_endpoint, "expected an http(s)://host:port URL")
     version = src.parse("KEYSTORE_ES_VERSION", _parse_version, "expected a version such as 8.15.0, or empty")
     timeout = src.parse("KEYSTORE_TOOL_TIMEOUT", _parse_seconds, "expected a number of seconds above 0")
+    writer = src.parse("KEYSTORE_WRITER", _parse_choice(KEYSTORE_WRITERS), "expected auto, native or tool")
+    keystore_password_file = None
+    if src.path("KEYSTORE_PASSWORD_FILE") is not None:
+        keystore_password_file = _readable_file(src, "KEYSTORE_PASSWORD_FILE")
+    if enabled and writer == "native" and version:
+        _keystore_format(src, version)
     if enabled:
         if not source_dir.is_dir():
             raise src.error("KEYSTORE_SOURCE_DIR", f"expected an existing directory; {UPDATER_OFF_HINT}")
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
+        # The native writer never runs the tool: it needs no binary.
+        if writer != "native" and not (binary.is_file() and os.access(binary, os.X_OK)):
             raise src.error("KEYSTORE_BINARY", f"expected an executable file; {UPDATER_OFF_HINT}")
         if not path.parent.is_dir():
             raise src.error("KEYSTORE_PATH", f"expected a file in an existing folder; {UPDATER_OFF_HINT}")
@@ -396,6 +431,8 @@ def _keystore(src: _Source) -> KeystoreConfig:
         es_endpoint=endpoint,
         es_version=version,
         tool_timeout=timeout,
+        writer=writer,
+        password_file=keystore_password_file,
     )
 
 

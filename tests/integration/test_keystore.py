@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import time
@@ -35,11 +34,13 @@ from tests.keystore_helpers import (
     make_pki,
     pairs_of,
     reload_env,
+    shm_files_holding,
     status,
     wait_state,
     wait_status,
 )
 
+PROBE = ["espm.probe.first", "espm.probe.second"]
 FAILED_UPDATE = "Failed to update keystore: "
 FAILED_RELOAD = "Failed to reload secure settings: "
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
@@ -146,7 +147,7 @@ def test_a_removed_secret_is_removed_and_foreign_entries_survive(espm: Any, ks: 
     ks.secrets.write({"keep": "keep-value-77"})
     wait_status(manager, lambda s: s["updates"] == 2)
     # Only the stale names, in one run; the unchanged setting is not written again.
-    assert ks.runs()[runs:] == [["remove", "also.gone", "gone"]]
+    assert ks.runs()[runs:] == [["remove", "--", "also.gone", "gone"]]
     assert ks.settings() == {**foreign, "keep": b"keep-value-77"}
     assert status(manager)["settings"] == ["keep"]
     # The record of managed names: names only, never values.
@@ -166,24 +167,7 @@ def test_a_secret_removed_while_the_manager_was_down_is_removed_at_the_next_star
     ks.secrets.write({"a": "1"})
     start(espm, ks.env())
     assert sorted(ks.settings()) == ["a", "bootstrap.password", "keystore.seed"]
-    assert ks.runs()[-1] == ["remove", "b"]
-
-
-def test_value_folders_left_by_a_dead_manager_are_removed_at_start(espm: Any, ks: KeystoreSetup) -> None:
-    dead = 4_000_000  # above any pid this machine hands out (pid_max is lower), so never alive
-    stale = Path("/dev/shm") / f".espm-values-{dead}-crashed"
-    alive = Path("/dev/shm") / f".espm-values-{os.getpid()}-busy"  # a live manager's, in use
-    for folder in (stale, alive):
-        folder.mkdir(mode=0o700)
-        (folder / "a").write_text("left-behind-value")
-    try:
-        ks.secrets.write({"a": "1"})
-        start(espm, ks.env())
-        assert not stale.exists()
-        assert alive.exists()
-    finally:
-        shutil.rmtree(stale, ignore_errors=True)
-        shutil.rmtree(alive, ignore_errors=True)
+    assert ks.runs()[-1] == ["remove", "--", "b"]
 
 
 def test_the_keystore_keeps_its_mode(espm: Any, ks: KeystoreSetup) -> None:
@@ -247,7 +231,7 @@ def test_stale_names_are_removed_in_one_run(espm: Any, ks: KeystoreSetup) -> Non
     runs = ks.runs()[1:]
     assert len(runs) == 2, runs
     assert pairs_of(runs[0]) == ["setting.n00", "setting.n99"]
-    assert runs[1] == ["remove", *sorted(set(values) - set(changed))]
+    assert runs[1] == ["remove", "--", *sorted(set(values) - set(changed))]
     assert {n: v for n, v in ks.settings().items() if n != "keystore.seed"} == {
         n: v.encode() for n, v in changed.items()
     }
@@ -267,8 +251,10 @@ def test_a_6x_tool_refusing_a_batch_is_run_one_pair_at_a_time_from_then_on(
 ) -> None:
     ks.secrets.write({"a": "1", "b": "2", "c": "3"})
     manager = start(espm, ks.env(STANDIN_KEYSTORE_VERSION="6.8.0"))
-    # The batched run is refused as a usage error (64), then one pair per run.
-    assert [pairs_of(run) for run in ks.runs()] == [["a", "b", "c"], ["a"], ["b"], ["c"]]
+    # The batched run is refused as a usage error (64); a probe with fixed names in a scratch
+    # folder confirms it is the tool, not the input; then one pair per run.
+    runs = ks.runs()
+    assert [pairs_of(run) for run in runs] == [["a", "b", "c"], PROBE, ["a"], ["b"], ["c"]]
     manager.wait_log("one setting per run")
     assert ks.settings() | {"keystore.seed": b""} == {"keystore.seed": b"", "a": b"1", "b": b"2", "c": b"3"}
     doc = status(manager)
@@ -276,7 +262,7 @@ def test_a_6x_tool_refusing_a_batch_is_run_one_pair_at_a_time_from_then_on(
     # Remembered: the next update goes one pair per run at once.
     ks.secrets.write({"a": "10", "b": "20", "c": "3"})
     wait_status(manager, lambda s: s["updates"] == 2)
-    assert [pairs_of(run) for run in ks.runs()[4:]] == [["a"], ["b"]]
+    assert [pairs_of(run) for run in ks.runs()[5:]] == [["a"], ["b"]]
     assert ks.settings()["a"] == b"10" and ks.settings()["b"] == b"20"
 
 
@@ -299,11 +285,87 @@ def test_invalid_names_are_left_out_and_listed(espm: Any, ks: KeystoreSetup) -> 
     assert doc["invalid_settings"] == [] and doc["settings"] == ["bad_name", "good"]
 
 
+OPTION_LIKE = ["--force", "--help", "-v", "-x"]
+
+
+def test_option_like_names_are_left_out_and_never_reach_the_tool(espm: Any, ks: KeystoreSetup) -> None:
+    options = {name: f"option-value-{i}" for i, name in enumerate(OPTION_LIKE)}
+    ks.secrets.write({**options, "a": "1", "b": "2"})
+    manager = start(espm, ks.env())
+    doc = status(manager)
+    assert (doc["state"], doc["reason"]) == ("running", "Keystore updated")
+    assert doc["invalid_settings"] == OPTION_LIKE and doc["settings"] == ["a", "b"]
+    assert [pairs_of(run) for run in ks.runs()] == [["a", "b"]]
+    assert sorted(ks.settings()) == ["a", "b", "keystore.seed"]
+    assert json.loads(ks.managed.read_text()) == ["a", "b"]
+    # Ten new settings: still one run (no "6.x tool" was learned from a usage error), and one remove.
+    ten = {f"n{i}": str(i) for i in range(10)}
+    ks.secrets.write({**options, **ten})
+    wait_status(manager, lambda s: s["updates"] == 2)
+    assert [pairs_of(run) for run in ks.runs()[1:2]] == [sorted(ten)]
+    assert ks.runs()[2:] == [["remove", "--", "a", "b"]]
+    assert sorted(ks.settings()) == sorted([*ten, "keystore.seed"])
+
+
+def test_option_like_names_recorded_by_an_older_espm_do_not_block_updates(
+    espm: Any, ks: KeystoreSetup
+) -> None:
+    ks.prepare_foreign_keystore()
+    ks.managed.write_text(json.dumps(["--force", "-x", "a"]) + "\n")
+    ks.secrets.write({"a": "1"})
+    manager = start(espm, ks.env())
+    doc = status(manager)
+    assert (doc["state"], doc["reason"]) == ("running", "Keystore updated"), doc
+    assert ["remove", "--", "--force", "-x"] in ks.runs()  # `--`: read as names, found absent
+    assert json.loads(ks.managed.read_text()) == ["a"]
+    ks.secrets.write({"a": "2"})
+    wait_status(manager, lambda s: s["updates"] == 2)
+    assert ks.settings()["a"] == b"2" and status(manager)["state"] == "running"
+
+
+def test_a_usage_error_caused_by_the_input_teaches_nothing_about_the_tool(
+    espm: Any, ks: KeystoreSetup
+) -> None:
+    # This tool refuses to add `bad.input` with a usage error (64), as some input could make it.
+    ks.set_tool_env('case " $* " in " add-file "*" bad.input "*) export STANDIN_KEYSTORE_FAIL=64;; esac')
+    ks.secrets.write({"a": "1", "b": "2", "bad.input": "3"})
+    manager = start(espm, ks.env())
+    doc = status(manager)
+    assert doc["state"] == "failed" and "exited with status 64" in doc["reason"], doc
+    # A probe with fixed names showed the tool takes batches: the refusal was the input's.
+    assert [pairs_of(run) for run in ks.runs()[:2]] == [["a", "b", "bad.input"], PROBE]
+    ks.secrets.write({"a": "1", "b": "2", "c": "3"})
+    wait_state(manager, "running", "Keystore updated")
+    runs = [run for run in ks.runs() if run[0] == "add-file"]
+    assert pairs_of(runs[-1]) == ["a", "b", "c"]
+    assert all(len(pairs_of(run)) > 1 for run in runs), runs  # never one setting per run
+    assert not [r for r in manager.read_logs() if "one setting per run" in str(r.get("message"))]
+
+
+def test_a_link_to_a_file_outside_the_secret_folder_is_never_read(
+    espm: Any, ks: KeystoreSetup, tmp_path: Path
+) -> None:
+    outside = tmp_path / "shadow"
+    outside.write_text("root:SV-outside-Hx:19000:0:99999:7:::\n")
+    ks.secrets.write({"a": "1"})
+    # Inside the folder `..data` points to, where the settings are read from.
+    (ks.secrets.path / "..data" / "stolen").symlink_to(outside)
+    (ks.secrets.path / "..data" / "alias").symlink_to("a")  # a link that stays inside is read
+    manager = start(espm, ks.env())
+    doc = status(manager)
+    assert doc["invalid_settings"] == ["stolen"] and doc["settings"] == ["a", "alias"]
+    assert ks.settings()["alias"] == b"1" and "stolen" not in ks.settings()
+    assert not [v for v in ks.settings().values() if b"SV-outside-Hx" in v]
+    record = manager.wait_log("'stolen' left out")
+    assert "outside" in record["message"]
+
+
 def test_status_fields(espm: Any, ks: KeystoreSetup) -> None:
     ks.secrets.write({"b": "1", "a": "2"})
     manager = start(espm, ks.env())
     doc = status(manager)
-    assert set(doc) == {"state", "reason", "at", "settings", "invalid_settings", "updates", "reloads"}
+    assert set(doc) == {"state", "reason", "at", "settings", "invalid_settings", "updates", "reloads", "writer"}
+    assert doc["writer"] == "tool"
     assert doc["state"] == "running" and doc["reason"] == "Keystore updated"
     assert RFC3339.fullmatch(doc["at"]), doc["at"]
     at = time.mktime(time.strptime(doc["at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
@@ -541,7 +603,7 @@ def test_a_batch_refused_by_the_tool_is_not_undone_by_the_servers_version(
     wait_state(manager, "running", "Secure settings reloaded")  # GET / answered 8.x meanwhile
     ks.secrets.write({"a": "10", "b": "20"})
     wait_status(manager, lambda s: s["updates"] == 2)
-    assert [pairs_of(run) for run in ks.runs()[3:]] == [["a"], ["b"]]
+    assert [pairs_of(run) for run in ks.runs()[4:]] == [["a"], ["b"]]
 
 
 def test_updates_while_elasticsearch_is_down_coalesce_into_one_reload(
@@ -640,8 +702,8 @@ def test_secret_values_never_appear_outside_the_keystore(
     assert settings["multi.line"] == values["multi.line"].encode()
     assert "bad name" not in settings
     assert not any(name.startswith(WORK_PREFIX) for name in os.listdir(ks.conf))
-    # The value files lived in memory (/dev/shm), in a folder named for the manager: gone too.
-    assert not [p for p in os.listdir("/dev/shm") if p.startswith(f".espm-values-{manager.pid}-")]
+    # The values were handed to the tool in memfds: no copy on the pod's shared tmpfs either.
+    assert not shm_files_holding(b"SV-q7Rk2")
 
 
 # --- robustness ------------------------------------------------------------------------------

@@ -48,3 +48,39 @@ def test_fingerprint_changes_with_names_and_values_only(tmp_path) -> None:
 def test_a_missing_folder_is_an_error(tmp_path) -> None:
     with pytest.raises(SourceError, match="does not exist"):
         read_snapshot(tmp_path / "nope")
+
+
+def test_option_like_names_are_invalid(tmp_path) -> None:
+    for name in ("--help", "--force", "-x", "-v", "-"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "a-b").write_bytes(b"y")
+    snap = read_snapshot(tmp_path)
+    assert snap.values == {"a-b": b"y"}
+    assert snap.left_out == ["-", "--force", "--help", "-v", "-x"]
+
+
+def test_links_that_lead_outside_the_folder_are_left_out(tmp_path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (tmp_path / "shadow").write_bytes(b"outside")
+    (secrets / "a").write_bytes(b"inside")
+    (secrets / "stolen").symlink_to(tmp_path / "shadow")
+    (secrets / "relative").symlink_to("../shadow")
+    (secrets / "alias").symlink_to("a")
+    snap = read_snapshot(secrets)
+    assert snap.values == {"a": b"inside", "alias": b"inside"}
+    assert snap.outside == ("relative", "stolen") and snap.left_out == ["relative", "stolen"]
+    before = snap.fingerprint()
+    (secrets / "stolen").unlink()
+    assert read_snapshot(secrets).fingerprint() != before  # leaving the list is a change too
+
+
+def test_a_data_link_that_leads_outside_the_folder_is_an_error(tmp_path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (elsewhere / "passwd").write_bytes(b"root:x:0:0")
+    (secrets / "..data").symlink_to(elsewhere)
+    with pytest.raises(SourceError, match="points outside"):
+        read_snapshot(secrets)

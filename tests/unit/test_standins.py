@@ -20,7 +20,13 @@ from typing import Any
 
 import pytest
 
-from espm.standins.keystore_tool import SEED_CHARS, STDIN_CLOSED, encode_keystore, parse_keystore
+from espm.standins.keystore_tool import (
+    DEFAULT_VERSION,
+    SEED_CHARS,
+    STDIN_CLOSED,
+    encode_keystore,
+    parse_keystore,
+)
 from tests.certs import CA
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -90,7 +96,9 @@ class Tool:
         return parse_keystore(self.keystore.read_bytes())
 
     def write(self, **settings: bytes) -> bytes:
-        data = encode_keystore({"keystore.seed": b"0123456789abcdefghij", **settings})
+        """A keystore in the format of the tool version this Tool runs."""
+        version = self.extra_env.get("STANDIN_KEYSTORE_VERSION", DEFAULT_VERSION)
+        data = encode_keystore({"keystore.seed": b"0123456789abcdefghij", **settings}, version=version)
         self.keystore.write_bytes(data)
         return data
 
@@ -217,7 +225,9 @@ def test_add_file_with_a_bad_name_is_an_unexpected_error(tool: Tool) -> None:
     assert f"java.lang.IllegalArgumentException: {BAD_NAME}" in run.stderr
     assert "ERROR:" not in run.stderr
     assert tool.keystore.read_bytes() == before
-    run = tool("add-file", "-f", "bad name", path, STANDIN_KEYSTORE_VERSION="7.17.22")
+    tool.extra_env["STANDIN_KEYSTORE_VERSION"] = "7.17.22"
+    tool.write()  # a 7.17 tool cannot read the 8.15 format
+    run = tool("add-file", "-f", "bad name", path)
     assert run.code == 1
     assert 'Exception in thread "main" java.lang.IllegalArgumentException' in run.stderr
 

@@ -94,8 +94,10 @@ class ElasticsearchClient:
     async def get_root(self) -> Answer:
         return await self.request("GET", "/")
 
-    async def reload_secure_settings(self) -> Answer:
-        return await self.request("POST", "/_nodes/_local/reload_secure_settings", b"{}")
+    async def reload_secure_settings(self, password: str = "") -> Answer:
+        # The keystore's password (KEYSTORE_PASSWORD_FILE), for a password-protected keystore.
+        body = json.dumps({"secure_settings_password": password}).encode() if password else b"{}"
+        return await self.request("POST", "/_nodes/_local/reload_secure_settings", body)
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> Answer:
         try:

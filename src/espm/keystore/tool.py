@@ -21,6 +21,7 @@ from espm.supervisor.signals import FORWARDED, StartupSignals
 log = logging.getLogger("espm.keystore.tool")
 
 EXIT_USAGE = 64
+EXIT_CONFIG = 78
 OUTPUT_CAP = 64 * 1024
 OUTPUT_GRACE = 2.0
 
@@ -56,6 +57,13 @@ class ToolRun:
             return f"elasticsearch-keystore {command} did not finish in time and was killed"
         text = f"elasticsearch-keystore {command} exited with status {self.exit_code}"
         line = self.error_line()
+        if self.exit_code == EXIT_CONFIG and "changing the file owner" in line:
+            # The tool's owner check (7.x, 8.x): it works on espm's own copy, made by espm's user,
+            # so it can only fire when KEYSTORE_BINARY runs the tool as another user.
+            line += (
+                f" (the tool refuses to replace a keystore owned by another user: it works on a copy"
+                f" owned by espm's user, uid {os.geteuid()}; KEYSTORE_BINARY must not switch users)"
+            )
         return f"{text}: {line}" if line else text
 
 
@@ -72,15 +80,32 @@ class KeystoreTool:
         self._mask = startup.mask if startup else frozenset()
         self._ignored = startup.ignored if startup else frozenset()
 
-    async def run(self, args: Sequence[str], conf_dir: Path) -> ToolRun:
-        """Run the tool with `args` and ES_PATH_CONF=`conf_dir`."""
+    async def run(
+        self,
+        args: Sequence[str],
+        conf_dir: Path,
+        *,
+        tmp_dir: Path | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> ToolRun:
+        """Run the tool with `args` and ES_PATH_CONF=`conf_dir`.
+
+        `tmp_dir` becomes ES_TMPDIR (a folder the caller owns and removes: 6.8 leaves one of its
+        own in /tmp on every run otherwise); `pass_fds` are inherited at their own numbers.
+        """
         argv = (str(self.binary), *args)
         env = {k: v for k, v in os.environ.items() if k != "KEYSTORE_ES_PASSWORD"}
         env["ES_PATH_CONF"] = str(conf_dir)
+        if tmp_dir is not None:
+            env["ES_TMPDIR"] = str(tmp_dir)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.runs += 1
+        # Inheritable only for the spawn: everything runs on this one thread, so no other child
+        # (the managed process started meanwhile) can be spawned while they are.
+        for fd in pass_fds:
+            os.set_inheritable(fd, True)
         try:
             pid = os.posix_spawn(
                 argv[0],
@@ -103,6 +128,8 @@ class KeystoreTool:
             os.close(err_r)
             raise
         finally:
+            for fd in pass_fds:
+                os.set_inheritable(fd, False)
             os.close(out_w)
             os.close(err_w)
             os.close(null)

@@ -28,7 +28,9 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from .keystore_tool import KeystoreCorruptedError, ToolVersion, parse_keystore
+from espm.keystore import format as ksf
+
+from .keystore_tool import CORRUPTED, WRONG_PASSWORD, ToolVersion, format_refusal
 
 Json = dict[str, Any]
 
@@ -144,6 +146,14 @@ class NodeState:
         return self.version.at_least(7, 14)
 
     @property
+    def keystore_format(self) -> int:
+        """The newest keystore format this node reads: the one its version writes."""
+        try:
+            return ksf.format_for_es_version(self.version_text)
+        except ValueError:
+            return 2  # before 6.3: PKCS#12 inside, so every AES-GCM keystore is too new for it
+
+    @property
     def reports_digest(self) -> bool:
         return self.version.at_least(9, 3)
 
@@ -202,20 +212,21 @@ class NodeState:
                 raise FileNotFoundError
             data = self.keystore.read_bytes()
             mtime = self.keystore.stat().st_mtime
-            names = sorted(parse_keystore(data))
+            # The node decrypts the file itself, with the password the request carries.
+            keystore = ksf.decode(data, password)
+            if keystore.version > self.keystore_format:
+                raise ksf.FormatTooNewError(f"format {keystore.version}", keystore.version)
+            names = sorted(keystore.entries)
         except FileNotFoundError:
             exception = {"type": "illegal_state_exception", "reason": "Keystore is missing"}
-        except KeystoreCorruptedError:
-            exception = {
-                "type": "security_exception",
-                "reason": "Keystore has been corrupted or tampered with",
-            }
-        if exception is None and password:
-            # Stand-in keystores have no password, so any password fails to decrypt them.
-            exception = {
-                "type": "security_exception",
-                "reason": "Provided keystore password was incorrect",
-            }
+        except ksf.WrongPasswordError:
+            exception = {"type": "security_exception", "reason": WRONG_PASSWORD}
+        except ksf.FormatVersionError as error:
+            assert self.keystore is not None
+            refusal = format_refusal(self.keystore, error)
+            exception = {"type": "illegal_state_exception", "reason": refusal.message}
+        except ksf.KeystoreFormatError:
+            exception = {"type": "security_exception", "reason": CORRUPTED}
         if exception is None and mode == "reload-exception":
             exception = {
                 "type": "security_exception",

@@ -1,30 +1,35 @@
-"""Stand-in `elasticsearch-keystore`: the real tool's paths, prompts, output and exit codes."""
+"""Stand-in `elasticsearch-keystore`: the real tool's paths, prompts, output, exit codes and file format.
+
+Keystores are real elasticsearch.keystore files (espm.keystore.format): the tool writes the
+format of the Elasticsearch version it imitates (STANDIN_KEYSTORE_VERSION), refuses a newer one
+as the real tool does, upgrades an older one on save, stores entries in the order a Java HashMap
+gives them (as KeyStoreWrapper.save does), and reads the password of a password-protected
+keystore from the first line of stdin.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import re
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TextIO
+
+from espm.keystore import format as ksf
 
 KEYSTORE_FILENAME = "elasticsearch.keystore"
 # A fixed name, as in the tool versions the contract describes: two writers in one folder collide.
 TMP_FILENAME = KEYSTORE_FILENAME + ".tmp"
 KEYSTORE_MODE = 0o660
-FORMAT_VERSION = 1
-SEED_SETTING = "keystore.seed"
-# The real tool's seed alphabet (KeyStoreWrapper.SEED_CHARS), so a seed looks like a real one.
-SEED_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789~!@#$%^&*-_=+?"
-SEED_LENGTH = 20
-SETTING_NAME_PATTERN = r"[A-Za-z0-9_\-.]+"
+SEED_SETTING = ksf.SEED_SETTING
+# The real tool's seed alphabet (KeyStoreWrapper.SEED_CHARS).
+SEED_CHARS = ksf.SEED_ALPHABET
+SEED_LENGTH = ksf.SEED_LENGTH
+SETTING_NAME_PATTERN = ksf.TOOL_NAME_PATTERN_TEXT
 _SETTING_NAME = re.compile(SETTING_NAME_PATTERN)
 DEFAULT_VERSION = "8.15.0"
 
@@ -47,10 +52,9 @@ JVM_WARNING = (
     " and will likely be removed in a future release."
 )
 STDIN_CLOSED = "unable to read from standard input; is standard input open and a tty attached?"
-
-
-class KeystoreCorruptedError(ValueError):
-    """The bytes are not a keystore in the stand-in's format."""
+CORRUPTED = "Keystore has been corrupted or tampered with"
+WRONG_PASSWORD = "Provided keystore password was incorrect"
+PASSWORD_PROMPT = "Enter password for the elasticsearch keystore : "
 
 
 class UserError(Exception):
@@ -107,59 +111,120 @@ class ToolVersion:
     def batch_add_file(self) -> bool:
         return self.at_least(7, 7)
 
+    @property
+    def passwords(self) -> bool:
+        """Password-protected keystores (`create -p`) came with 7.7."""
+        return self.at_least(7, 7)
 
-def encode_keystore(settings: Mapping[str, bytes]) -> bytes:
-    """The stand-in's file format: sorted JSON, values base64, so equal contents give equal bytes."""
-    encoded = {name: base64.b64encode(value).decode("ascii") for name, value in settings.items()}
-    document = {"version": FORMAT_VERSION, "settings": encoded}
-    return (json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode("ascii")
-
-
-def parse_keystore(data: bytes) -> dict[str, bytes]:
-    """Setting names and values from a keystore file's bytes."""
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise KeystoreCorruptedError("not JSON") from error
-    if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
-        raise KeystoreCorruptedError("unknown format version")
-    encoded = document.get("settings")
-    if not isinstance(encoded, dict):
-        raise KeystoreCorruptedError("no settings")
-    settings: dict[str, bytes] = {}
-    for name, value in encoded.items():
-        if not isinstance(value, str):
-            raise KeystoreCorruptedError(f"value of {name} is not a string")
-        try:
-            settings[name] = base64.b64decode(value, validate=True)
-        except binascii.Error as error:
-            raise KeystoreCorruptedError(f"value of {name} is not base64") from error
-    return settings
+    @property
+    def keystore_format(self) -> int:
+        """The format version this Elasticsearch writes (ValueError before 6.3: PKCS#12 inside)."""
+        return ksf.format_for_es_version(f"{self.major}.{self.minor}.{self.patch}")
 
 
-def read_keystore(path: Path) -> dict[str, bytes] | None:
+def java_string_hash(text: str) -> int:
+    """Java's String.hashCode over UTF-16 code units, as an unsigned 32-bit number."""
+    utf16 = text.encode("utf-16-be", "surrogatepass")
+    value = 0
+    for index in range(0, len(utf16), 2):
+        value = (31 * value + int.from_bytes(utf16[index : index + 2], "big")) & 0xFFFFFFFF
+    return value
+
+
+def hashmap_order(names: Sequence[str]) -> list[str]:
+    """The iteration order of a java.util.HashMap holding `names`, put in this order.
+
+    KeyStoreWrapper keeps its entries in a HashMap and saves them in its iteration order: bucket
+    by bucket (the spread hash masked by the table size, 16 doubled while over 3/4 full), and
+    insertion order inside a bucket. Checked against every real keystore in tests/data/keystores.
+    """
+    table = 16
+    while len(names) > table * 3 // 4:
+        table *= 2
+
+    def bucket(name: str) -> int:
+        value = java_string_hash(name)
+        return (value ^ (value >> 16)) & (table - 1)
+
+    position = {name: index for index, name in enumerate(names)}
+    return sorted(names, key=lambda name: (bucket(name), position[name]))
+
+
+@dataclass
+class Store:
+    """A decrypted keystore as the tool holds it: entries, their format-3 types, its password."""
+
+    entries: dict[str, bytes]
+    types: dict[str, str] = field(default_factory=dict)
+    password: str = ""
+
+    def put(self, name: str, value: bytes, legacy_type: str) -> None:
+        self.entries[name] = value
+        self.types[name] = legacy_type
+
+    def remove(self, name: str) -> None:
+        del self.entries[name]
+        self.types.pop(name, None)
+
+
+def encode_store(store: Store, version: ToolVersion) -> bytes:
+    """The file the tool of `version` saves: its own format, HashMap order, a fresh salt and IV."""
+    target = version.keystore_format
+    names = hashmap_order(list(store.entries))
+    types = {name: store.types.get(name, "STRING") for name in names} if target == 3 else {}
+    keystore = ksf.Keystore(
+        target, bool(store.password), {name: store.entries[name] for name in names}, types
+    )
+    return ksf.encode(keystore, store.password)
+
+
+def encode_keystore(
+    settings: Mapping[str, bytes], *, version: str = DEFAULT_VERSION, password: str = ""
+) -> bytes:
+    """A keystore file holding `settings`, as the tool of `version` would save it (for tests)."""
+    return encode_store(Store(dict(settings), password=password), ToolVersion.parse(version))
+
+
+def parse_keystore(data: bytes, password: str = "") -> dict[str, bytes]:
+    """Setting names and values from a keystore file's bytes; KeystoreFormatError when unreadable."""
+    return dict(ksf.decode(data, password).entries)
+
+
+def read_keystore(path: Path, password: str = "") -> dict[str, bytes] | None:
     """The settings in the keystore file, or None when there is no file."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    return parse_keystore(data)
+    return parse_keystore(data, password)
 
 
-def read_setting_names(path: Path) -> list[str]:
-    """Sorted setting names; FileNotFoundError or KeystoreCorruptedError when there are none."""
-    return sorted(parse_keystore(path.read_bytes()))
+def new_store() -> Store:
+    """What `KeyStoreWrapper.create()` holds: a fresh seed."""
+    return Store({SEED_SETTING: ksf.new_seed().encode("ascii")}, {SEED_SETTING: "STRING"})
 
 
-def new_keystore() -> dict[str, bytes]:
-    seed = "".join(secrets.choice(SEED_CHARS) for _ in range(SEED_LENGTH))
-    return {SEED_SETTING: seed.encode("ascii")}
+def format_refusal(path: Path, error: ksf.FormatVersionError | None) -> JavaError:
+    """KeyStoreWrapper.load's IllegalStateException for a format it cannot read."""
+    if isinstance(error, ksf.FormatTooOldError):
+        return JavaError(
+            "java.lang.IllegalStateException",
+            f"The Elasticsearch keystore [{path}] format is too old. "
+            "You should delete and recreate it in order to upgrade.",
+        )
+    return JavaError(
+        "java.lang.IllegalStateException",
+        f"The Elasticsearch keystore [{path}] format is too new. Are you trying to downgrade? "
+        "You should delete and recreate it in order to downgrade.",
+    )
 
 
-def save_keystore(config_dir: Path, settings: Mapping[str, bytes]) -> None:
+def save_keystore(config_dir: Path, store: Store, version: ToolVersion) -> None:
     """Write the tmp file, then move it over the keystore, as KeyStoreWrapper.save does."""
     tmp = config_dir / TMP_FILENAME
     target = config_dir / KEYSTORE_FILENAME
+    # Encrypted before the tmp file exists: a failure here leaves nothing behind.
+    encoded = encode_store(store, version)
     try:
         # O_EXCL, like Lucene's createOutput: a second writer (or a crash's leftover) fails loudly.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, KEYSTORE_MODE)
@@ -172,7 +237,7 @@ def save_keystore(config_dir: Path, settings: Mapping[str, bytes]) -> None:
             f"[{config_dir}] or run [elasticsearch-keystore upgrade]",
         ) from error
     try:
-        data = memoryview(encode_keystore(settings))
+        data = memoryview(encoded)
         while data:
             data = data[os.write(fd, data) :]
         os.fsync(fd)
@@ -316,14 +381,37 @@ class Context:
         return self.config_dir / KEYSTORE_FILENAME
 
 
-def _load(context: Context, *, must_exist: bool, force: bool) -> dict[str, bytes] | None:
-    """BaseKeyStoreCommand: the keystore to change, or None when the user declined to create it."""
+def _read(context: Context) -> tuple[bytes, int, bool] | None:
+    """KeyStoreWrapper.load: the file's bytes, format and password flag, or None when it is missing."""
     try:
-        settings = read_keystore(context.keystore_path)
-    except KeystoreCorruptedError as error:
-        raise UserError(EXIT_DATA_ERROR, "Keystore has been corrupted or tampered with") from error
-    if settings is not None:
-        return settings
+        data = context.keystore_path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        fmt, has_password = ksf.peek(data)
+    except ksf.FormatVersionError as error:
+        raise format_refusal(context.keystore_path, error) from error
+    except ksf.KeystoreFormatError as error:
+        raise UserError(EXIT_DATA_ERROR, CORRUPTED) from error
+    if fmt > context.version.keystore_format:
+        raise format_refusal(context.keystore_path, None)
+    return data, fmt, has_password
+
+
+def _load(context: Context, *, must_exist: bool, force: bool) -> Store | None:
+    """BaseKeyStoreCommand: the keystore to change, or None when the user declined to create it."""
+    found = _read(context)
+    if found is not None:
+        data, _, has_password = found
+        # The password of a protected keystore is read before anything else, from stdin's first line.
+        password = context.terminal.read_line(PASSWORD_PROMPT) if has_password else ""
+        try:
+            keystore = ksf.decode(data, password)
+        except ksf.WrongPasswordError as error:
+            raise UserError(EXIT_DATA_ERROR, WRONG_PASSWORD) from error
+        except ksf.KeystoreFormatError as error:
+            raise UserError(EXIT_DATA_ERROR, CORRUPTED) from error
+        return Store(dict(keystore.entries), dict(keystore.legacy_types), password)
     if must_exist:
         raise UserError(
             EXIT_DATA_ERROR,
@@ -336,7 +424,7 @@ def _load(context: Context, *, must_exist: bool, force: bool) -> dict[str, bytes
         context.terminal.println("Exiting without creating keystore.")
         return None
     # The real tool saves the new keystore at once; the contract asks for all-or-nothing.
-    return new_keystore()
+    return new_store()
 
 
 def _validate_name(name: str) -> None:
@@ -363,35 +451,37 @@ def cmd_create(context: Context, options: set[str], args: list[str]) -> int:
         )
         if terminal.read_line("Enter same password again: ") != password:
             raise UserError(EXIT_DATA_ERROR, "Passwords are not equal, exiting.")
-        if password:
-            raise UserError(EXIT_CODE_ERROR, "the stand-in does not support password-protected keystores")
+    else:
+        password = ""
     if context.keystore_path.exists() and not terminal.prompt_yes_no(
         "An elasticsearch keystore already exists. Overwrite?"
     ):
         terminal.println("Exiting without creating keystore.")
         return EXIT_OK
-    save_keystore(context.config_dir, new_keystore())
+    store = new_store()
+    store.password = password
+    save_keystore(context.config_dir, store, context.version)
     terminal.println(f"Created elasticsearch keystore in {context.keystore_path}")
     return EXIT_OK
 
 
 def cmd_list(context: Context, options: set[str], args: list[str]) -> int:
-    settings = _load(context, must_exist=True, force=False)
-    assert settings is not None
-    for name in sorted(settings):
+    store = _load(context, must_exist=True, force=False)
+    assert store is not None
+    for name in sorted(store.entries):
         context.terminal.println(name)
     return EXIT_OK
 
 
 def cmd_add(context: Context, options: set[str], args: list[str]) -> int:
     force = "force" in options
-    settings = _load(context, must_exist=False, force=force)
-    if settings is None:
+    store = _load(context, must_exist=False, force=force)
+    if store is None:
         return EXIT_OK
     if not args:
         raise UserError(EXIT_USAGE, "the setting names can not be empty")
     for name in args:
-        if name in settings and not force and _declined_overwrite(context, name):
+        if name in store.entries and not force and _declined_overwrite(context, name):
             return EXIT_OK
         prompt = "" if "stdin" in options else f"Enter value for {name}: "
         value = context.terminal.read_line(prompt)
@@ -400,8 +490,8 @@ def cmd_add(context: Context, options: set[str], args: list[str]) -> int:
         except JavaError as error:
             # AddStringKeyStoreCommand turns the bad name into a UserException.
             raise UserError(EXIT_DATA_ERROR, error.message) from error
-        settings[name] = value.encode("utf-8")
-    save_keystore(context.config_dir, settings)
+        store.put(name, value.encode("utf-8"), "STRING")
+    save_keystore(context.config_dir, store, context.version)
     return EXIT_OK
 
 
@@ -412,8 +502,8 @@ def _resolve(context: Context, given: str) -> Path:
 
 def cmd_add_file(context: Context, options: set[str], args: list[str]) -> int:
     force = "force" in options
-    settings = _load(context, must_exist=False, force=force)
-    if settings is None:
+    store = _load(context, must_exist=False, force=force)
+    if store is None:
         return EXIT_OK
     if not args:
         raise UserError(EXIT_USAGE, "Missing setting name")
@@ -427,7 +517,7 @@ def cmd_add_file(context: Context, options: set[str], args: list[str]) -> int:
         raise UserError(EXIT_USAGE, "settings and filenames must come in pairs")
     pairs: dict[str, Path] = {}
     for name, given in zip(args[0::2], args[1::2], strict=True):
-        if name in settings and not force and _declined_overwrite(context, name):
+        if name in store.entries and not force and _declined_overwrite(context, name):
             return EXIT_OK
         path = _resolve(context, given)
         if not path.exists():
@@ -438,36 +528,36 @@ def cmd_add_file(context: Context, options: set[str], args: list[str]) -> int:
         _validate_name(name)
     for name, path in pairs.items():
         try:
-            settings[name] = path.read_bytes()
+            store.put(name, path.read_bytes(), "FILE")
         except OSError as error:
             raise JavaError("java.io.IOException", f"{path}: {error.strerror}", io=True) from error
-    save_keystore(context.config_dir, settings)
+    save_keystore(context.config_dir, store, context.version)
     return EXIT_OK
 
 
 def cmd_remove(context: Context, options: set[str], args: list[str]) -> int:
-    settings = _load(context, must_exist=True, force=False)
-    assert settings is not None
+    store = _load(context, must_exist=True, force=False)
+    assert store is not None
     if not args:
         raise UserError(EXIT_USAGE, "Must supply at least one setting to remove")
     for name in args:
-        if name not in settings:
+        if name not in store.entries:
             raise UserError(EXIT_CONFIG, f"Setting [{name}] does not exist in the keystore.")
-        del settings[name]
-    save_keystore(context.config_dir, settings)
+        store.remove(name)
+    save_keystore(context.config_dir, store, context.version)
     return EXIT_OK
 
 
 def cmd_has_passwd(context: Context, options: set[str], args: list[str]) -> int:
     # The real command prints its own ERROR line (so -s hides it) and exits 1 without a message.
-    try:
-        settings = read_keystore(context.keystore_path)
-    except KeystoreCorruptedError as error:
-        raise UserError(EXIT_DATA_ERROR, "Keystore has been corrupted or tampered with") from error
-    if settings is None:
+    found = _read(context)
+    if found is None:
         context.terminal.error_println("ERROR: Elasticsearch keystore not found")
-    else:
+    elif not found[2]:
         context.terminal.error_println("ERROR: Keystore is not password-protected")
+    else:
+        context.terminal.println("Keystore is password-protected")
+        return EXIT_OK
     raise UserError(EXIT_NO_PASSWORD, None)
 
 
@@ -546,7 +636,9 @@ def _execute(args: list[str], context: Context) -> int:
     command = SUBCOMMANDS.get(rest[0])
     if command is None:
         raise UserError(EXIT_USAGE, f"Unknown command [{rest[0]}]")
-    specs = (*COMMON_OPTIONS, *command.options)
+    # `create -p` (password-protected keystores) came with 7.7.
+    own = tuple(spec for spec in command.options if spec.long != "password" or context.version.passwords)
+    specs = (*COMMON_OPTIONS, *own)
     options, arguments = parse_options(rest[1:], specs, stop_at_first_argument=False)
     if "help" in options:
         terminal.println(format_help(command.description, specs, command.non_option), SILENT)
@@ -631,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     stderr = sys.stderr
     try:
         version = ToolVersion.parse(environ.get("STANDIN_KEYSTORE_VERSION", DEFAULT_VERSION))
+        version.keystore_format  # noqa: B018 - a version before 6.3 has no format the stand-in writes
         delay = float(environ.get("STANDIN_KEYSTORE_DELAY", "0") or "0")
         fail = environ.get("STANDIN_KEYSTORE_FAIL", "")
         fail_code = int(fail) if fail else None
