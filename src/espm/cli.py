@@ -164,6 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client_main(command, args[1:])
     if command == "demo":
         startup.unblock()
+        if getattr(sys, "frozen", False):
+            # The demo runs its stand-ins with a Python interpreter, which the standalone build is not.
+            print(
+                "espm demo: not available in the standalone build; run it from a venv install",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         from espm.demo import main as demo_main
 
         return demo_main(args[1:])
