@@ -99,6 +99,11 @@ def idle_rss(name: str, env: dict[str, str]) -> float:
         own = [p for p in [proc.pid, *descendants(proc.pid)] if not _is_sleep(p)]
         return sum(kib(proc_status(p)["VmRSS"]) for p in own) / 1024
     finally:
+        # SIGTERM first: a one-file build killed outright leaves its unpacked folder in /tmp.
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
         kill_tree(proc)
 
 
