@@ -60,6 +60,7 @@ from harness import (
     wait_for,
 )
 
+from espm.keystore import format as ksf
 from espm.standins.secret import SecretVolume
 
 NAME = "keystore"
@@ -120,11 +121,10 @@ class Folders:
 
 
 def read_settings(path: Path) -> dict[str, bytes] | None:
-    """The stand-in keystore's settings ({"settings": {name: base64}, "version": 1})."""
+    """The keystore's settings (the stand-in writes the real format)."""
     try:
-        doc = json.loads(path.read_bytes())
-        return {k: base64.b64decode(v) for k, v in doc["settings"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+        return dict(ksf.decode(path.read_bytes()).entries)
+    except (OSError, ksf.KeystoreFormatError):
         return None
 
 
@@ -303,6 +303,7 @@ def measure_espm(count: int, rounds: int, ctx: Context) -> list[dict[str, Any]]:
                 KEYSTORE_ES_ENDPOINT=f"http://127.0.0.1:{es.port}",
                 KEYSTORE_ES_USERNAME=ES_USER,
                 KEYSTORE_ES_PASSWORD=ES_PASSWORD,
+                KEYSTORE_WRITER="tool",  # this benchmark is the tool's path (keystore-native: the other)
                 **folders.tool_env(),
             )
             with running("espm", ["sleep", "600"], False, env) as espm:

@@ -9,7 +9,9 @@ RSS: each option runs in a fresh interpreter that has already imported asyncio, 
 hashlib and espm.keystore (the manager with TLS and the updater on has them all); VmRSS is read
 before and after the import plus one operation, and the median of RUNS deltas is printed. The
 anchor is the same interpreter doing nothing more. Time: the median of repeated calls in this
-process, one option after the other (the machine is shared: compare figures of one run only).
+process, the options called in turn round after round (the machine is shared: compare figures
+of one run only). The `cryptography` wheel brings its own OpenSSL, which may be newer and faster
+than the system's: its version is printed.
 
     python bench/bench_keystore_crypto.py
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -71,14 +74,15 @@ def rss_delta_kib(option: str) -> float:
     return statistics.median(deltas)
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    """Median seconds of one call over `repeat` calls."""
-    samples = []
+def timed(options: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds of one call of each option, the options called in turn, `repeat` rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in options}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+        for name, fn in options.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
@@ -90,13 +94,16 @@ def main() -> None:
     # source costs RSS of its own (0.7 MiB for crypto.py, measured) that an installed espm never pays.
     compileall.compile_dir(os.path.dirname(espm.__file__), quiet=1)
 
+    from cryptography.hazmat.backends.openssl.backend import backend
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
     from espm.keystore import crypto
 
-    print(f"python {sys.version.split()[0]}, libcrypto {crypto.libcrypto_path()}, {os.cpu_count()} cores")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"  libcrypto used by espm: {crypto.libcrypto_path()} ({ssl.OPENSSL_VERSION})")
+    print(f"  the cryptography package's own: {backend.openssl_version_text()}")
     print()
     print(
         f"RSS added to a process that already imported what the manager has (median of {RUNS} interpreters)"
@@ -131,15 +138,16 @@ def main() -> None:
     print()
     print("PBKDF2-HMAC-SHA512, one 16-byte key (median)")
     for rounds, repeat in ((10_000, 21), (210_000, 7)):
-        figures = {
-            "hashlib.pbkdf2_hmac": timed(
-                lambda r=rounds: hashlib.pbkdf2_hmac("sha512", b"", salt, r, 16), repeat
-            ),
-            "ctypes PKCS5_PBKDF2_HMAC": timed(lambda r=rounds: ctypes_pbkdf2(r), repeat),
-            "cryptography PBKDF2HMAC": timed(
-                lambda r=rounds: PBKDF2HMAC(hashes.SHA512(), 16, salt, r).derive(b""), repeat
-            ),
-        }
+        figures = timed(
+            {
+                "hashlib.pbkdf2_hmac": lambda r=rounds: hashlib.pbkdf2_hmac("sha512", b"", salt, r, 16),
+                "ctypes PKCS5_PBKDF2_HMAC": lambda r=rounds: ctypes_pbkdf2(r),
+                "cryptography PBKDF2HMAC": lambda r=rounds: PBKDF2HMAC(hashes.SHA512(), 16, salt, r).derive(
+                    b""
+                ),
+            },
+            repeat,
+        )
         for name, seconds in figures.items():
             print(f"  {rounds:>7,} rounds  {name:28} {seconds * 1000:8.2f} ms")
 
@@ -149,25 +157,25 @@ def main() -> None:
     for size, label, repeat in ((5_000, "5 KB (100 settings)", 201), (1 << 20, "1 MiB", 21)):
         plaintext = os.urandom(size)
         sealed = AESGCM(key).encrypt(iv, plaintext, salt)
-        figures = {
-            "espm.keystore.crypto (ctypes)": timed(
-                lambda p=plaintext: crypto.aes_gcm_decrypt(
+        figures = timed(
+            {
+                "espm.keystore.crypto (ctypes)": lambda p=plaintext: crypto.aes_gcm_decrypt(
                     key, iv, crypto.aes_gcm_encrypt(key, iv, p, salt), salt
                 ),
-                repeat,
-            ),
-            "cryptography AESGCM": timed(
-                lambda p=plaintext: AESGCM(key).decrypt(iv, AESGCM(key).encrypt(iv, p, salt), salt), repeat
-            ),
-        }
+                "cryptography AESGCM": lambda p=plaintext: AESGCM(key).decrypt(
+                    iv, AESGCM(key).encrypt(iv, p, salt), salt
+                ),
+            },
+            repeat,
+        )
         if size == 5_000:
             message = key + iv + salt + sealed
-            figures["helper process (decrypt only)"] = timed(
-                lambda m=message: subprocess.run(
+            helper = {
+                "helper process (decrypt only)": lambda m=message: subprocess.run(
                     [PYTHON, "-c", HELPER], input=m, capture_output=True, check=True
-                ),
-                9,
-            )
+                )
+            }
+            figures.update(timed(helper, 9))
         for name, seconds in figures.items():
             print(f"  {label:20} {name:32} {seconds * 1e6:10.1f} us")
 

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_http
 import bench_keystore
+import bench_keystore_native
 import bench_memory
 import bench_orphans
 import bench_signal
@@ -33,10 +34,19 @@ import bench_startup
 from harness import Context, Helper, Result
 
 BENCHMARKS = {
-    m.NAME: m for m in (bench_signal, bench_orphans, bench_startup, bench_memory, bench_http, bench_keystore)
+    m.NAME: m
+    for m in (
+        bench_signal,
+        bench_orphans,
+        bench_startup,
+        bench_memory,
+        bench_http,
+        bench_keystore,
+        bench_keystore_native,
+    )
 }
 NEEDS_ROOT = {"signal", "orphans"}  # PID 1 in a new pid namespace
-COLUMNS = ("espm", "tini", "dumb-init", "supervisord", "python", "original")
+COLUMNS = ("espm", "tini", "dumb-init", "supervisord", "python", "original", "tool")
 
 
 def _fmt(value: float | int | None) -> str:

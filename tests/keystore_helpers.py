@@ -32,6 +32,7 @@ ES_USER = "elastic"
 ES_PASSWORD = "pw-Zq8xK3vLq9-es"  # distinctive, so a leak is easy to find
 KEYSTORE = "elasticsearch.keystore"
 WORK_PREFIX = ".espm-keystore-"
+STANDIN_VERSION = "8.12.1"
 _DECODED: dict[tuple[bytes, str], dict[str, bytes]] = {}
 
 
@@ -93,6 +94,9 @@ class KeystoreSetup:
             "STANDIN_KEYSTORE_LOG": str(self.log),
             # The tool's path unless a test asks for another writer (the native one runs no tool).
             "KEYSTORE_WRITER": "tool",
+            # A tool of 8.12 writes format 5 (10,000 PBKDF2 rounds, ~5 ms): these tests are about
+            # the updater, not the cost of 210,000 rounds twice in every run of the stand-in.
+            "STANDIN_KEYSTORE_VERSION": STANDIN_VERSION,
         }
         return base_env(**{**settings, **extra})
 
@@ -106,6 +110,7 @@ class KeystoreSetup:
     def tool(self, *args: str, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[bytes]:
         """Run the tool by hand against the real keystore (to prepare foreign entries)."""
         full = {k: v for k, v in os.environ.items() if not k.startswith("STANDIN_")}
+        full["STANDIN_KEYSTORE_VERSION"] = STANDIN_VERSION
         full.update(ES_PATH_CONF=str(self.conf), **env)
         return subprocess.run(
             [str(self.binary), *args], input=stdin, env=full, capture_output=True, timeout=20, check=True

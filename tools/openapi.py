@@ -106,7 +106,7 @@ def document() -> dict[str, Any]:
                                        "additionalProperties": False,
                                        "properties": {**status_props, "error": {"type": "string"}}},
                 "KeystoreStatus": {"type": "object", "required": [
-                    "state", "reason", "at", "settings", "invalid_settings", "updates", "reloads"],
+                    "state", "reason", "at", "settings", "invalid_settings", "updates", "reloads", "writer"],
                     "additionalProperties": False, "properties": {
                         "state": {"type": "string", "enum": ["notInitialized", "waiting", "running", "failed"]},
                         "reason": {"type": "string"},
@@ -114,7 +114,11 @@ def document() -> dict[str, Any]:
                         "settings": {"type": "array", "items": {"type": "string"}},
                         "invalid_settings": {"type": "array", "items": {"type": "string"}},
                         "updates": {"type": "integer", "minimum": 0},
-                        "reloads": {"type": "integer", "minimum": 0}}},
+                        "reloads": {"type": "integer", "minimum": 0},
+                        "writer": {"type": ["string", "null"], "enum": ["native", "tool", None],
+                                   "description": "who wrote (or tried to write) the keystore last: "
+                                                  "native (espm itself) or tool (KEYSTORE_BINARY); null "
+                                                  "before the first write"}}},
                 "Vars": {"type": "object", "required": ["cmdline", "uptime_seconds", "memory", "gc", "process",
                                                          "counters"]},
             },

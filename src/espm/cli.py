@@ -43,7 +43,7 @@ def _top_parser() -> argparse.ArgumentParser:
         "  run        run the manager (the default): starts CMD, or PM_PROC_CMD\n"
         "  status     show the managed process's status\n"
         "  start, stop, kill   act on the managed process\n"
-        "  keystore   show the keystore updater's status\n"
+        "  keystore [status|list|sync]   the updater's status; list or sync a keystore file\n"
         "  demo       run espm on a built-in demo (stand-in Elasticsearch and keystore tool)\n"
         "  install    copy this standalone espm into DIR (for an init container)\n"
         "\nexit status of run: the process's own (128+N for signal N), 2 on a configuration "
@@ -157,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup.unblock()
         _top_parser().parse_args(args)
         return 0
+    if command == "keystore" and args[1:2] == ["status"]:
+        del args[1]  # `espm keystore status` is the plain `espm keystore`: the client's
+    if command == "keystore" and args[1:2] and args[1] in ("list", "sync", "-h", "--help"):
+        startup.unblock()
+        from espm.keystore.commands import main as keystore_main
+
+        return keystore_main(args[1:])
     if command in CLIENT_COMMANDS:
         startup.unblock()
         from espm.client import main as client_main

@@ -365,15 +365,18 @@ def read_password_file(path: Path) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def _keystore_format(src: _Source, version: str) -> int:
-    from espm.keystore.format import format_for_es_version
+# The oldest Elasticsearch whose keystore format (3, AES-GCM) the native writer knows.
+NATIVE_OLDEST = (6, 3)
 
-    try:
-        return format_for_es_version(version)
-    except ValueError as err:
+
+def _check_native_version(src: _Source, version: str) -> None:
+    major, minor = (int(part) for part in version.split(".")[:2])
+    if (major, minor) < NATIVE_OLDEST:
         raise src.error(
-            "KEYSTORE_ES_VERSION", f"the native writer cannot write its keystore ({err})"
-        ) from None
+            "KEYSTORE_ES_VERSION",
+            "the native writer cannot write its keystore (before 6.3 the format is PKCS#12: "
+            "use KEYSTORE_WRITER=tool)",
+        )
 
 
 def _keystore(src: _Source) -> KeystoreConfig:
@@ -398,7 +401,7 @@ def _keystore(src: _Source) -> KeystoreConfig:
     if src.path("KEYSTORE_PASSWORD_FILE") is not None:
         keystore_password_file = _readable_file(src, "KEYSTORE_PASSWORD_FILE")
     if enabled and writer == "native" and version:
-        _keystore_format(src, version)
+        _check_native_version(src, version)
     if enabled:
         if not source_dir.is_dir():
             raise src.error("KEYSTORE_SOURCE_DIR", f"expected an existing directory; {UPDATER_OFF_HINT}")

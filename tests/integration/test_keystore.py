@@ -364,7 +364,16 @@ def test_status_fields(espm: Any, ks: KeystoreSetup) -> None:
     ks.secrets.write({"b": "1", "a": "2"})
     manager = start(espm, ks.env())
     doc = status(manager)
-    assert set(doc) == {"state", "reason", "at", "settings", "invalid_settings", "updates", "reloads", "writer"}
+    assert set(doc) == {
+        "state",
+        "reason",
+        "at",
+        "settings",
+        "invalid_settings",
+        "updates",
+        "reloads",
+        "writer",
+    }
     assert doc["writer"] == "tool"
     assert doc["state"] == "running" and doc["reason"] == "Keystore updated"
     assert RFC3339.fullmatch(doc["at"]), doc["at"]

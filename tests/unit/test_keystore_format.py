@@ -322,6 +322,7 @@ def test_with_entries_keeps_the_stored_order_replaces_in_place_and_appends() -> 
     assert changed.entries["keystore.seed"] == keystore.entries["keystore.seed"]
     assert keystore.entries["autoconfiguration.password_hash"] != b"new"  # the original is untouched
     assert ksf.decode(ksf.encode(changed)).entries == changed.entries
+    assert changed.salt == keystore.salt and changed.iv is None  # an IV is never carried to new contents
 
 
 def test_with_entries_in_format_3_keeps_legacy_types_and_types_new_names() -> None:
@@ -487,3 +488,33 @@ def test_any_entry_set_round_trips_in_formats_6_and_7(
     version: int, entries: dict[str, bytes], password: str
 ) -> None:
     _roundtrip(version, entries, password)
+
+
+def test_rewriting_with_the_salt_read_derives_the_key_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    derived: list[int] = []
+    real_pbkdf2 = ksf.crypto.pbkdf2_sha512
+
+    def counting(password: bytes, salt: bytes, rounds: int, length: int) -> bytes:
+        derived.append(rounds)
+        return real_pbkdf2(password, salt, rounds, length)
+
+    monkeypatch.setattr(ksf.crypto, "pbkdf2_sha512", counting)
+    data = real("9.0.1-v7")
+    keystore = ksf.decode(data)
+    changed = keystore.with_entries({"new.setting": b"v"})
+    again = ksf.encode(changed, salt=keystore.salt)
+    assert derived == [210_000]  # the write reused the key the read derived
+    got = ref.read(again)
+    assert got.salt == keystore.salt and got.iv != keystore.iv  # a fresh IV under that key
+    with pytest.raises(ksf.WrongPasswordError):
+        ksf.decode(again, "other")  # same salt, another password: another key, never the cached one
+    assert derived == [210_000, 210_000]
+    ksf.encode(changed)  # a fresh salt is a new key
+    assert len(derived) == 3
+
+
+def test_keystores_with_the_same_contents_are_equal_whatever_their_salt() -> None:
+    data = real(V5)
+    first, second = ksf.decode(data), ksf.decode(ksf.encode(ksf.decode(data)))
+    assert first.salt != second.salt and first == second
+    assert first != first.with_entries({"x": b"1"})

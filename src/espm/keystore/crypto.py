@@ -73,7 +73,7 @@ def _libcrypto() -> _Libcrypto:
         return _loaded
 
 
-def _candidates() -> Iterator[str]:
+def _candidates() -> Iterator[str | None]:
     """Places to look for libcrypto, the one already in this process first."""
     # Importing these maps the libcrypto CPython was built against (in a frozen executable: the
     # copy bundled beside it), so the library we bind is the one that is already paid for.
@@ -94,6 +94,9 @@ def _candidates() -> Iterator[str]:
                         yield path
     except OSError:
         pass  # no /proc (not Linux, or not mounted): fall through to the extension modules
+    # A Python with OpenSSL linked statically into its executable or libpython exports the EVP
+    # functions globally: dlopen(NULL) finds them there.
+    yield None
     # A statically linked _hashlib exports nothing, but a dynamically linked one resolves symbols
     # through its own dependencies, which include libcrypto.
     for module in ("_hashlib", "_ssl"):
@@ -118,7 +121,7 @@ def _find() -> _Libcrypto:
         try:
             return _Libcrypto(path)
         except (OSError, AttributeError) as exc:
-            tried.append(f"{path} ({exc})")
+            tried.append(f"{path or 'the global symbols'} ({exc})")
     raise CryptoUnavailableError(
         "AES-GCM needs OpenSSL's libcrypto (1.1 or 3.x) and none was usable"
         + (": tried " + "; ".join(tried) if tried else ": none was found in this process or by find_library")
@@ -131,9 +134,9 @@ _c_int_p = ctypes.POINTER(ctypes.c_int)
 class _Libcrypto:
     """The few EVP functions AES-GCM needs, bound once."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | None) -> None:
         lib = ctypes.CDLL(path)
-        self.path = path
+        self.path = path or "the process's global symbols"
         for name in ("EVP_aes_128_gcm", "EVP_aes_256_gcm"):
             getattr(lib, name).restype = ctypes.c_void_p
             getattr(lib, name).argtypes = []

@@ -146,7 +146,11 @@ def new_seed() -> str:
 
 
 def format_for_es_version(es_version: str) -> int:
-    """The format version an Elasticsearch version writes: "8.15.0" -> 6. ValueError before 6.3."""
+    """The format version an Elasticsearch version writes: "8.15.0" -> 6. ValueError before 6.3.
+
+    Versions after 9.x get format 7, the newest known: Elasticsearch reads every older format and
+    upgrades it at start-up, so an older format is the safe guess for a version not yet known.
+    """
     match = _ES_VERSION.fullmatch(es_version.strip())
     if match is None:
         raise ValueError(f"not an Elasticsearch version: {es_version!r} (expected e.g. 8.15.0)")
@@ -169,15 +173,16 @@ class Keystore:
 
     `legacy_types` (format 3 only) holds each entry's "STRING"/"FILE" tag; an entry without one is
     written as "STRING". `salt` and `iv` are those the file was read with, kept so a test can
-    rebuild it byte for byte; `encode` never reuses them unless they are passed to it.
+    rebuild it byte for byte; `encode` never reuses them unless they are passed to it, and they
+    take no part in equality (two keystores with the same contents are equal).
     """
 
     version: int
     has_password: bool
     entries: Mapping[str, bytes]
     legacy_types: Mapping[str, str] = field(default_factory=dict)
-    salt: bytes | None = field(default=None, repr=False)
-    iv: bytes | None = field(default=None, repr=False)
+    salt: bytes | None = field(default=None, repr=False, compare=False)
+    iv: bytes | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.version not in FORMATS:
@@ -210,7 +215,7 @@ class Keystore:
         A name already present keeps its place (and, in format 3, its legacy type); a new one is
         appended in `set`'s order with `legacy_type`. Removing a name that is not there is not an
         error. New names must pass `valid_setting_name`; names already in the file are kept as
-        they are, whatever wrote them.
+        they are, whatever wrote them. The copy keeps the salt read, not the IV.
         """
         to_set = dict(set or {})
         to_remove = frozenset(remove)
@@ -236,7 +241,9 @@ class Keystore:
                 name: self.legacy_types.get(name, "STRING" if name in self.entries else legacy_type)
                 for name in entries
             }
-        return Keystore(self.version, self.has_password, entries, types, self.salt, self.iv)
+        # The salt stays (re-encrypting under it reuses the key decode derived); the IV does not:
+        # it belongs to the old contents, and one IV under one key twice is what breaks GCM.
+        return Keystore(self.version, self.has_password, entries, types, self.salt, None)
 
 
 def peek(data: bytes) -> tuple[int, bool]:
@@ -255,7 +262,7 @@ def decode(data: bytes, password: str = "") -> Keystore:
     has_password = _password_flag(data)
     salt, iv, sealed = _split_body(data, FORMATS[version])
     params = FORMATS[version]
-    key = crypto.pbkdf2_sha512(password.encode("utf-8"), salt, params.rounds, params.key_bytes)
+    key = _derive_key(password, salt, params)
     try:
         payload = crypto.aes_gcm_decrypt(key, iv, sealed, salt)
     except crypto.AuthenticationError:
@@ -275,7 +282,12 @@ def decode(data: bytes, password: str = "") -> Keystore:
 def encode(
     keystore: Keystore, password: str = "", *, salt: bytes | None = None, iv: bytes | None = None
 ) -> bytes:
-    """The file bytes of `keystore`, encrypted with `password` and a fresh salt and IV unless given."""
+    """The file bytes of `keystore`, encrypted with `password` and a fresh salt and IV unless given.
+
+    Passing only `salt=keystore.salt` (the IV is then fresh) skips the second key derivation of a
+    read-change-write: the key is the one `decode` derived, and AES-GCM stays sound under one key
+    as long as every IV is new. Never pass the IV a file was read with for different contents.
+    """
     if keystore.has_password != bool(password):
         raise ValueError(
             "a password-protected keystore needs a password"
@@ -288,7 +300,7 @@ def encode(
     if not salt or not iv:
         raise ValueError("the salt and the IV cannot be empty")
     payload = _build_payload(keystore)
-    key = crypto.pbkdf2_sha512(password.encode("utf-8"), salt, params.rounds, params.key_bytes)
+    key = _derive_key(password, salt, params)
     sealed = crypto.aes_gcm_encrypt(key, iv, payload, salt)
     i32 = struct.Struct("<i" if params.little_endian else ">i")
     body = b"".join(
@@ -306,6 +318,23 @@ def encode(
         )
     )
     return body + struct.pack(">Q", zlib.crc32(body))
+
+
+# The last key derived, by (password, salt, rounds, key size): PBKDF2 is the whole cost of formats 6
+# and 7 (210,000 rounds), and a writer that re-encrypts with the salt it read (and a fresh IV) needs
+# the same key again. One entry only: no pile of keys kept in memory.
+_last_key: tuple[tuple[str, bytes, int, int], bytes] | None = None
+
+
+def _derive_key(password: str, salt: bytes, params: FormatParams) -> bytes:
+    global _last_key
+    wanted = (password, bytes(salt), params.rounds, params.key_bytes)
+    last = _last_key  # one read: another thread may replace it meanwhile, never half of it
+    if last is not None and last[0] == wanted:
+        return last[1]
+    key = crypto.pbkdf2_sha512(password.encode("utf-8"), salt, params.rounds, params.key_bytes)
+    _last_key = (wanted, key)
+    return key
 
 
 def _check_header(data: bytes) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
@@ -21,8 +20,9 @@ from typing import Any
 from espm.config import KeystoreConfig
 from espm.keystore.auto_writer import AutoWriter
 from espm.keystore.elasticsearch import ElasticsearchClient
-from espm.keystore.files import remove_abandoned, replace_atomically
+from espm.keystore.files import remove_abandoned
 from espm.keystore.inotify import FolderWatch
+from espm.keystore.managed import managed_path, read_managed, record_managed
 from espm.keystore.native_writer import TMP_SUFFIX, NativeWriter, PasswordError, tmp_prefix
 from espm.keystore.plan import make_plan
 from espm.keystore.reloader import ES_POLL, Reloader
@@ -46,7 +46,7 @@ class KeystoreUpdater:
     def __init__(self, config: KeystoreConfig, reaper: Reaper, startup: StartupSignals | None = None) -> None:
         self.config = config
         self.path = config.path
-        self.managed_path = config.path.with_name(config.path.name + ".managed")
+        self.managed_path = managed_path(config.path)
         self.tool = KeystoreTool(config.binary, config.tool_timeout, reaper, startup)
         self._tool_writer = ToolWriter(config.path, self.tool, config.es_version)
         self._native_writer = NativeWriter(config.path, config.password_file, config.es_version)
@@ -284,26 +284,15 @@ class KeystoreUpdater:
             return None
 
     def _read_managed(self) -> set[str]:
-        try:
-            names = json.loads(self.managed_path.read_bytes())
-            return {n for n in names if isinstance(n, str)}
-        except FileNotFoundError:
-            return set()
-        except (OSError, ValueError, TypeError):
-            log.warning("cannot read %s: removed secrets may stay in the keystore", self.managed_path)
-            return set()
+        names, problem = read_managed(self.managed_path)
+        if problem:
+            log.warning("%s", problem)
+        return names
 
     def _write_managed(self, names: set[str] | frozenset[str]) -> None:
         if names == self._read_managed() and self.managed_path.exists():
             return
-        try:
-            # Through a temporary file that a failure (a full disk) never leaves behind, with the
-            # folder's fsync: the record must be durable before the keystore gets the names.
-            replace_atomically(self.managed_path, (json.dumps(sorted(names)) + "\n").encode(), 0o644)
-        except OSError as err:
-            raise UpdateError(
-                f"cannot record the managed setting names in {self.managed_path}: {err.strerror or err}"
-            ) from None
+        record_managed(self.managed_path, names)
 
     def _remove_leftovers(self) -> None:
         """Before the first build: what crashed runs left beside the keystore."""
