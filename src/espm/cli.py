@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from espm.supervisor.state import ProcessState
 
 CLIENT_COMMANDS = ("status", "start", "stop", "restart", "kill", "keystore")
-COMMANDS = ("run", "demo", *CLIENT_COMMANDS)
+COMMANDS = ("run", "demo", "install", *CLIENT_COMMANDS)
 EXIT_CONFIG = 2
 
 
@@ -42,7 +42,8 @@ def _top_parser() -> argparse.ArgumentParser:
         description="A PID 1 process manager for Elasticsearch containers.",
         usage="espm [run] [--pm-...=VALUE ...] [-- CMD ARGS...]\n"
         "       espm {status,start,stop,restart,kill,keystore} [--url URL] [--json] ...\n"
-        "       espm demo",
+        "       espm demo\n"
+        "       espm install DIR",
         epilog=_variables_help() + "\n\ncommands:\n"
         "  run        run the manager (the default): starts CMD, or PM_PROC_CMD\n"
         "  status     show the managed process's status\n"
@@ -50,6 +51,7 @@ def _top_parser() -> argparse.ArgumentParser:
         "  restart    stop, wait until the process is down, start\n"
         "  keystore [status|list|sync]   the updater's status; list or sync a keystore file\n"
         "  demo       run espm on a built-in demo (stand-in Elasticsearch and keystore tool)\n"
+        "  install    copy this standalone espm into DIR (for an init container)\n"
         "\nexit status of run: the process's own (128+N for signal N), 2 on a configuration "
         "error,\n127/126 when the command cannot be started.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -228,9 +230,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client_main(command, args[1:])
     if command == "demo":
         startup.unblock()
+        if getattr(sys, "frozen", False):
+            # The demo runs its stand-ins with a Python interpreter, which the standalone build is not.
+            print(
+                "espm demo: not available in the standalone build; run it from a venv install",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         from espm.demo import main as demo_main
 
         return demo_main(args[1:])
+    if command == "install":
+        startup.unblock()
+        from espm.install import main as install_main
+
+        return install_main(args[1:])
     if command == "run":
         args = args[1:]
     try:
