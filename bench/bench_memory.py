@@ -216,12 +216,15 @@ def run(ctx: Context) -> Result:
     figures["tini"] = _measure(manager_argv("tini", CHILD, False), plain, None)
     figures["dumb-init"] = _measure(manager_argv("dumb-init", CHILD, False), plain, None)
     figures["python"] = _measure(manager_argv("python", CHILD, False), plain, None)
-    with tempfile.TemporaryDirectory(prefix="espm-bench-supervisord-") as tmp:
-        port = free_port()
-        conf = os.path.join(tmp, "supervisord.conf")
-        with open(conf, "w") as f:
-            f.write(SUPERVISORD_CONF.format(dir=tmp, port=port, command=" ".join(CHILD)))
-        figures["supervisord"] = _measure([SUPERVISORD, "-c", conf], plain, port)
+    if os.access(SUPERVISORD, os.X_OK):
+        with tempfile.TemporaryDirectory(prefix="espm-bench-supervisord-") as tmp:
+            port = free_port()
+            conf = os.path.join(tmp, "supervisord.conf")
+            with open(conf, "w") as f:
+                f.write(SUPERVISORD_CONF.format(dir=tmp, port=port, command=" ".join(CHILD)))
+            figures["supervisord"] = _measure([SUPERVISORD, "-c", conf], plain, port)
+    else:
+        ctx.log(f"  supervisord: not installed ({SUPERVISORD}), left out")
     loaded = _loaded(ctx)
     mib = {m: {k: v / 1024 for k, v in f.items() if k.startswith("Vm")} for m, f in figures.items()}
     loaded_mib = loaded["VmRSS"] / 1024

@@ -87,9 +87,16 @@ def espm_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+# More managers by name: the command line before `-- CHILD...` (bench_standalone adds the
+# standalone executables here).
+EXTRA_MANAGERS: dict[str, list[str]] = {}
+
+
 def manager_argv(name: str, child: Sequence[str], pid1: bool) -> list[str]:
     """The command line that runs `child` under manager `name`, as PID 1 or not."""
-    if name == "espm":
+    if name in EXTRA_MANAGERS:
+        argv = [*EXTRA_MANAGERS[name], "--", *child]
+    elif name == "espm":
         argv = [PYTHON, "-m", "espm", "--", *child]
     elif name == "tini":
         # Not PID 1, tini needs -s (child subreaper) to reap as it would as PID 1.

@@ -240,3 +240,25 @@ def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.01) -> Any
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A CA and a certificate for the stand-in Elasticsearch (tests/standin_es.py)."""
+    from tests.standin_es import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def launch_es(tmp_path: Path, pki: Any) -> Iterator[Any]:
+    """Starts stand-in Elasticsearch servers (tests/standin_es.py), all stopped at the test's end."""
+    from tests.standin_es import EsLauncher
+
+    folder = tmp_path / "standin-es"
+    folder.mkdir()
+    launcher = EsLauncher(folder, pki)
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()

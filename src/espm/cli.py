@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
@@ -11,15 +10,16 @@ from typing import TYPE_CHECKING
 
 from espm import __version__
 from espm.config import VARIABLES, Config, ConfigError, load, unknown_variables
-from espm.suggest import SuggestingParser, unknown_command
 from espm.supervisor.signals import StartupSignals
 
 if TYPE_CHECKING:
+    import argparse
+
     from espm.api.tls import CertificateWatcher
     from espm.supervisor.state import ProcessState
 
 CLIENT_COMMANDS = ("status", "start", "stop", "restart", "kill", "keystore")
-COMMANDS = ("run", "demo", *CLIENT_COMMANDS)
+COMMANDS = ("run", "demo", "install", *CLIENT_COMMANDS)
 EXIT_CONFIG = 2
 
 
@@ -33,12 +33,17 @@ def _variables_help() -> str:
 
 
 def _top_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from espm.suggest import SuggestingParser
+
     parser = SuggestingParser(
         prog="espm",
         description="A PID 1 process manager for Elasticsearch containers.",
         usage="espm [run] [--pm-...=VALUE ...] [-- CMD ARGS...]\n"
         "       espm {status,start,stop,restart,kill,keystore} [--url URL] [--json] ...\n"
-        "       espm demo",
+        "       espm demo\n"
+        "       espm install DIR",
         epilog=_variables_help() + "\n\ncommands:\n"
         "  run        run the manager (the default): starts CMD, or PM_PROC_CMD\n"
         "  status     show the managed process's status\n"
@@ -46,6 +51,7 @@ def _top_parser() -> argparse.ArgumentParser:
         "  restart    stop, wait until the process is down, start\n"
         "  keystore [status|list|sync]   the updater's status; list or sync a keystore file\n"
         "  demo       run espm on a built-in demo (stand-in Elasticsearch and keystore tool)\n"
+        "  install    copy this standalone espm into DIR (for an init container)\n"
         "\nexit status of run: the process's own (128+N for signal N), 2 on a configuration "
         "error,\n127/126 when the command cannot be started.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,6 +65,12 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def _run_parser() -> argparse.ArgumentParser:
+    # argparse (with its help formatter's shutil, bz2 and lzma) and difflib cost the running
+    # manager about 1.3 MiB of RSS: they are imported only when the flags need them.
+    import argparse
+
+    from espm.suggest import SuggestingParser
+
     parser = SuggestingParser(
         prog="espm run",
         description="Run the manager.",
@@ -86,9 +98,33 @@ def _split_command(argv: list[str]) -> tuple[list[str], tuple[str, ...] | None]:
 def configure(argv: list[str], env: dict[str, str]) -> Config:
     """The configuration from flags, then the environment, then the defaults."""
     options, command = _split_command(argv)
-    args = _run_parser().parse_args(options)
-    flags = {v.name: getattr(args, v.dest) for v in VARIABLES}
+    flags = _plain_flags(options)
+    if flags is None:
+        args = _run_parser().parse_args(options)
+        flags = {v.name: getattr(args, v.dest) for v in VARIABLES}
     return load(env, flags, command)
+
+
+def _plain_flags(options: list[str]) -> dict[str, str | None] | None:
+    """The flags when each is `--pm-x=VALUE` or `--pm-x VALUE` (VALUE not starting with -), the
+    forms argparse reads the same way; None for anything else (help, version, an abbreviation,
+    a mistake), which argparse reads, answers or explains."""
+    names = {v.flag: v.name for v in VARIABLES}
+    flags: dict[str, str | None] = {v.name: None for v in VARIABLES}
+    at = 0
+    while at < len(options):
+        flag, equals, value = options[at].partition("=")
+        name = names.get(flag)
+        if name is None:
+            return None
+        if not equals:
+            at += 1
+            if at == len(options) or options[at].startswith("-"):
+                return None
+            value = options[at]
+        flags[name] = value
+        at += 1
+    return flags
 
 
 def _run(argv: list[str], startup: StartupSignals) -> int:
@@ -173,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args[0] if args and args[0] in COMMANDS else None
     if command is None and args and not args[0].startswith("-"):
         startup.unblock()
+        from espm.suggest import unknown_command
+
         return unknown_command(_top_parser(), args[0])
     if command is None and args and args[0] in ("-h", "--help", "--version"):
         startup.unblock()
@@ -192,9 +230,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client_main(command, args[1:])
     if command == "demo":
         startup.unblock()
+        if getattr(sys, "frozen", False):
+            # The demo runs its stand-ins with a Python interpreter, which the standalone build is not.
+            print(
+                "espm demo: not available in the standalone build; run it from a venv install",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         from espm.demo import main as demo_main
 
         return demo_main(args[1:])
+    if command == "install":
+        startup.unblock()
+        from espm.install import main as install_main
+
+        return install_main(args[1:])
     if command == "run":
         args = args[1:]
     try:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from espm import config
 from espm.suggest import SuggestingParser
 
 EXIT_ERROR_ANSWER = 1
@@ -27,7 +28,8 @@ _PATHS = {
     "keystore": ("GET", "/keystore/status"),
 }
 _DESCRIPTIONS = {"restart": "POST /{name}/stop, wait until the process is down, POST /{name}/start."}
-# States in which no process runs: a restart may start it again.
+# States in which no process runs (supervisor.state.IDLE, which the client may not import): a
+# restart may start it again.
 _DOWN = ("stopped", "killed", "failed", "notInitialized", "startFailed")
 
 
@@ -39,8 +41,13 @@ class ClientError(Exception):
         self.code = code
 
 
+def _defaults() -> dict[str, str]:
+    """PM_* from the environment, else the manager's own defaults (the configuration table)."""
+    return {v.name: os.environ.get(v.name, v.default) for v in config.VARIABLES}
+
+
 def _parser(command: str) -> argparse.ArgumentParser:
-    env = os.environ
+    env = _defaults()
     method, path = _PATHS.get(command, ("", ""))
     parser = SuggestingParser(
         prog=f"espm {command}",
@@ -51,10 +58,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--url", help="base URL of the manager (default: from PM_HTTP_HOST, PM_HTTP_PORT and PM_TLS)"
     )
-    parser.add_argument("--pm-http-host", default=env.get("PM_HTTP_HOST", ""))
-    parser.add_argument("--pm-http-port", default=env.get("PM_HTTP_PORT", "8080"))
-    parser.add_argument("--pm-tls", default=env.get("PM_TLS", "false"))
-    parser.add_argument("--pm-proc-name", default=env.get("PM_PROC_NAME", "es"))
+    parser.add_argument("--pm-http-host", default=env["PM_HTTP_HOST"])
+    parser.add_argument("--pm-http-port", default=env["PM_HTTP_PORT"])
+    parser.add_argument("--pm-tls", default=env["PM_TLS"])
+    parser.add_argument("--pm-proc-name", default=env["PM_PROC_NAME"])
     parser.add_argument("--cacert", help="CA file to verify the manager's certificate")
     parser.add_argument("--cert", help="client certificate (mutual TLS)")
     parser.add_argument("--key", help="client key (mutual TLS)")
@@ -74,7 +81,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 def _tls_on(args: argparse.Namespace) -> bool:
-    return bool(args.pm_tls.strip().lower() in ("true", "1", "yes", "on"))
+    return bool(args.pm_tls.strip().lower() in config.TRUE_WORDS)
 
 
 def _base_url(args: argparse.Namespace) -> str:

@@ -8,13 +8,14 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 SETTING_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 PROC_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 # Names that would shadow the manager's own routes.
 RESERVED_PROC_NAMES = frozenset({"health", "keystore", "debug", "metrics", "openapi.json"})
 UPDATER_OFF_HINT = "set PM_KEYSTORE_UPDATER=false to run without the keystore updater"
+T = TypeVar("T")
 
 
 class Invalid(ValueError):
@@ -106,8 +107,9 @@ VARIABLES: tuple[Variable, ...] = (
 # Elasticsearch before it starts (and would export espm's password into its environment).
 PRIVATE_VARIABLES = frozenset(v.name for v in VARIABLES if v.secret or v.name.endswith("_FILE"))
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
+# The words a boolean variable accepts (the ctl client reads PM_TLS with them too).
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -192,7 +194,7 @@ class _Source:
         value = self._env.get(name)
         return value if value is not None else self._vars[name].default
 
-    def parse(self, name: str, parser: Callable[[str], Any], expected: str) -> Any:
+    def parse(self, name: str, parser: Callable[[str], T], expected: str) -> T:
         value = self.raw(name)
         try:
             return parser(value)
@@ -202,7 +204,7 @@ class _Source:
             raise ConfigError(name, value, expected + detail, secret=self._vars[name].secret) from None
 
     def boolean(self, name: str) -> bool:
-        return bool(self.parse(name, _parse_bool, "expected true/false, 1/0, yes/no or on/off"))
+        return self.parse(name, _parse_bool, "expected true/false, 1/0, yes/no or on/off")
 
     def path(self, name: str) -> Path | None:
         value = self.raw(name).strip()
@@ -214,9 +216,9 @@ class _Source:
 
 def _parse_bool(value: str) -> bool:
     lowered = value.strip().lower()
-    if lowered in _TRUE:
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in _FALSE:
+    if lowered in FALSE_WORDS:
         return False
     raise ValueError("")
 
@@ -461,14 +463,17 @@ def load(
 
 def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
     """PM_* and KEYSTORE_* names in `env` that are no variable of ours, each with the closest one."""
-    from espm.suggest import closest
-
     known = [v.name for v in VARIABLES]
-    return [
-        (name, closest(name, known))
+    unknown = [
+        name
         for name in sorted(env)
         if name.startswith(("PM_", "KEYSTORE_")) and name not in known and name not in _IMAGE_VARIABLES
     ]
+    if not unknown:
+        return []  # and argparse and difflib stay out of the manager
+    from espm.suggest import closest
+
+    return [(name, closest(name, known)) for name in unknown]
 
 
 # Variables of the Elasticsearch images' docker-entrypoint.sh that share our prefixes: the

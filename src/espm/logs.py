@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from typing import Any
+
+from espm.system.timestamps import rfc3339
 
 ECS_VERSION = "1.6.0"
 # Attributes every LogRecord has; anything else was passed through `extra=` and is a field.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
-
-
-def _timestamp(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
 
 
 class EcsFormatter(logging.Formatter):
@@ -23,7 +19,7 @@ class EcsFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "@timestamp": _timestamp(record.created),
+            "@timestamp": rfc3339(record.created),
             "log.level": record.levelname.lower(),
             "message": record.getMessage(),
             "ecs.version": ECS_VERSION,
@@ -47,7 +43,7 @@ class TextFormatter(logging.Formatter):
             for key, value in vars(record).items()
             if key not in _RECORD_ATTRS and value is not None
         )
-        line = f"{_timestamp(record.created)} {record.levelname:<7} {record.getMessage()}"
+        line = f"{rfc3339(record.created)} {record.levelname:<7} {record.getMessage()}"
         if fields:
             line += "  " + fields
         if record.exc_info:

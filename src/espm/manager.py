@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from espm.api.port import Outcome
 from espm.config import Config
 from espm.supervisor.process import Ending, ManagedProcess
 from espm.supervisor.reaper import Reaper, set_child_subreaper
@@ -224,10 +225,12 @@ class Manager:
         return None
 
     async def _start_api(self) -> None:
+        from espm.api.routes import Router
         from espm.api.server import ApiServer
 
-        self.api = ApiServer(self)
-        await self.api.start()
+        router = Router(ManagerControl(self), self.config.process.name, self.config.http)
+        self.api = ApiServer(router.route, self.config.http.host, self.tls)
+        await self.api.start(self.listener)
 
     async def _shutdown(self) -> None:
         if self.api is not None:
@@ -239,6 +242,75 @@ class Manager:
             # take its whole group with us rather than leave it to the kernel.
             with contextlib.suppress(OSError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class ManagerControl:
+    """The manager as the API sees it (api/port.py's `Control`): readers, requests, counters.
+
+    The manager's rules for the API's requests live here, not in the routes.
+    """
+
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
+        self._process = manager.process
+
+    @property
+    def state(self) -> ProcessState:
+        return self._process.state
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    @property
+    def record_error(self) -> str | None:
+        return self._process.record_error
+
+    def status(self) -> dict[str, object]:
+        return self._process.status()
+
+    def status_json(self) -> bytes:
+        return self._process.status_json()
+
+    def start(self) -> Outcome:
+        if self._manager.building:
+            # Elasticsearch must start with its secure settings: it starts when the build ends.
+            return Outcome(error="the keystore is being built; the process starts after")
+        return Outcome(self._process.start().error)
+
+    def stop(self) -> Outcome:
+        return self._signalled(self._process.stop().error)
+
+    def kill(self) -> Outcome:
+        return self._signalled(self._process.kill().error)
+
+    def _signalled(self, error: str | None) -> Outcome:
+        # A stop while a kill is under way is under way too: the state says which.
+        return Outcome(error, under_way=error is None and self._process.state in SIGNALLED)
+
+    async def ready(self) -> str | None:
+        if not self._process.running:
+            return f"process is {self._process.state.value}"
+        return await self._manager.readiness.check()
+
+    def keystore_status(self) -> dict[str, Any] | None:
+        updater = self._manager.updater
+        return updater.status() if updater is not None else None
+
+    def counters(self) -> dict[str, int]:
+        m = self._manager
+        updater = m.updater
+        return {
+            "signals_forwarded": m.forwarder.forwarded,
+            "zombies_reaped": m.reaper.orphans_reaped,
+            **(m.api.counters() if m.api is not None else {}),
+            "keystore_updates": updater.updates if updater else 0,
+            "keystore_update_failures": updater.update_failures if updater else 0,
+            "keystore_reloads": updater.reloads if updater else 0,
+            "keystore_tool_runs": updater.tool.runs if updater else 0,
+            "process_starts": self._process.starts,
+            "readiness_checks": m.readiness_checks,
+        }
 
 
 def run(

@@ -7,7 +7,6 @@ import json
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from tests.certs import CA
 from tests.conftest import PYTHON, base_env, free_port, wait_for
+from tests.standin_es import ES_PASSWORD, StandinEs
 
 
 def https_env(ca_dir: Path, **extra: str) -> tuple[dict[str, str], CA]:
@@ -165,92 +165,31 @@ def test_client_reads_pm_tls_variables(espm, tmp_path) -> None:
     assert json.loads(proc.stdout)["state"] == "started"
 
 
-class StandinElasticsearch:
-    """The stand-in Elasticsearch, over TLS with basic auth."""
-
-    def __init__(self, folder: Path, ca: CA, mode: str = "ok", ready_after: float = 0) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        server = ca.issue("elasticsearch")
-        self.mode_file = folder / "mode"
-        self.mode_file.write_text(mode)
-        self.port_file = folder / "port"
-        self.port = free_port() if ready_after else 0
-        args = [
-            sys.executable,
-            "-m",
-            "espm.standins.elasticsearch",
-            "--port",
-            str(self.port),
-            "--port-file",
-            str(self.port_file),
-            "--cert",
-            str(server.cert),
-            "--key",
-            str(server.key),
-            "--user",
-            "elastic",
-            "--password",
-            "changeme",
-            "--mode-file",
-            str(self.mode_file),
-        ]
-        if ready_after:
-            args += ["--ready-after", str(ready_after)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.ca = ca
-        if not ready_after:
-            wait_for(lambda: self.port_file.exists() and self.port_file.read_text().strip())
-            self.port = int(self.port_file.read_text())
-
-    def stats(self) -> dict[str, int]:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=client_context(self.ca), timeout=5)
-        conn.request("GET", "/_standin/stats")
-        return json.loads(conn.getresponse().read())
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def elasticsearch(tmp_path):
-    started: list[StandinElasticsearch] = []
-
-    def start(**kwargs) -> StandinElasticsearch:
-        es = StandinElasticsearch(tmp_path / f"es{len(started)}", CA(tmp_path / "es-ca", "es-ca"), **kwargs)
-        started.append(es)
-        return es
-
-    yield start
-    for es in started:
-        es.close()
-
-
-def ready_env(es: StandinElasticsearch, password: str = "changeme", **extra: str) -> dict[str, str]:
+def ready_env(es: StandinEs, password: str = ES_PASSWORD, **extra: str) -> dict[str, str]:
     values = {
         "PM_HTTP_PORT": str(free_port()),
-        "KEYSTORE_ES_ENDPOINT": f"https://127.0.0.1:{es.port}",
+        "KEYSTORE_ES_ENDPOINT": es.endpoint,
         "KEYSTORE_ES_USERNAME": "elastic",
         "KEYSTORE_ES_PASSWORD": password,
-        "KEYSTORE_ES_CA_CERTS_PATH": str(es.ca.path),
+        "KEYSTORE_ES_CA_CERTS_PATH": str(es.ca),
     }
     return base_env(**{**values, **extra})
 
 
-def test_ready_checks_elasticsearch_with_the_updaters_credentials(espm, elasticsearch) -> None:
-    es = elasticsearch()
+def test_ready_checks_elasticsearch_with_the_updaters_credentials(espm, launch_es) -> None:
+    es = launch_es()
     m = espm(["sleep", "60"], env=ready_env(es))
     m.wait_api()
     code, doc, _ = m.request("GET", "/es/ready")
     assert code == 200 and doc == {"ready": True}
-    es.mode_file.write_text("unavailable")
+    es.mode("unavailable")
     time.sleep(1.1)  # past the cache
     code, doc, _ = m.request("GET", "/es/ready")
     assert code == 503 and doc["ready"] is False and "503" in doc["reason"]
 
 
-def test_ready_is_cached_and_never_more_than_one_check_in_flight(espm, elasticsearch) -> None:
-    es = elasticsearch()
+def test_ready_is_cached_and_never_more_than_one_check_in_flight(espm, launch_es) -> None:
+    es = launch_es()
     m = espm(["sleep", "60"], env=ready_env(es))
     m.wait_api()
     before = es.stats()["root"]
@@ -262,8 +201,8 @@ def test_ready_is_cached_and_never_more_than_one_check_in_flight(espm, elasticse
     assert 1 <= checks <= int(elapsed) + 2
 
 
-def test_ready_with_wrong_credentials_or_unknown_ca_or_no_es(espm, elasticsearch, tmp_path) -> None:
-    es = elasticsearch()
+def test_ready_with_wrong_credentials_or_unknown_ca_or_no_es(espm, launch_es, tmp_path) -> None:
+    es = launch_es()
     m = espm(["sleep", "60"], env=ready_env(es, password="wrong"))
     m.wait_api()
     code, doc, _ = m.request("GET", "/es/ready")
@@ -273,14 +212,14 @@ def test_ready_with_wrong_credentials_or_unknown_ca_or_no_es(espm, elasticsearch
     m2.wait_api()
     code, doc, _ = m2.request("GET", "/es/ready")
     assert code == 503 and "TLS" in doc["reason"]
-    es.close()
+    es.stop()
     time.sleep(1.1)
     code, doc, _ = m.request("GET", "/es/ready")
     assert code == 503 and "cannot connect to Elasticsearch" in doc["reason"] and "refused" in doc["reason"]
 
 
-def test_ready_is_503_while_the_process_is_stopped(espm, elasticsearch) -> None:
-    es = elasticsearch()
+def test_ready_is_503_while_the_process_is_stopped(espm, launch_es) -> None:
+    es = launch_es()
     m = espm(["sleep", "60"], env=ready_env(es))
     m.wait_api()
     m.request("POST", "/es/kill")
@@ -289,11 +228,11 @@ def test_ready_is_503_while_the_process_is_stopped(espm, elasticsearch) -> None:
     assert code == 503 and "killed" in doc["reason"]
 
 
-def test_ready_trusts_a_folder_of_ca_certificates(espm, elasticsearch, tmp_path) -> None:
-    es = elasticsearch()
+def test_ready_trusts_a_folder_of_ca_certificates(espm, launch_es, tmp_path) -> None:
+    es = launch_es()
     folder = tmp_path / "http-certs"
     folder.mkdir()
-    shutil.copy(es.ca.path, folder / "ca.crt")
+    shutil.copy(str(es.ca), folder / "ca.crt")
     CA(tmp_path / "unrelated", "unrelated")  # another CA in another folder, not trusted
     m = espm(["sleep", "60"], env=ready_env(es, KEYSTORE_ES_CA_CERTS_PATH=str(folder)))
     m.wait_api()

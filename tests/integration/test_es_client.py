@@ -185,7 +185,7 @@ MANAGER_FAULTS = {
 
 @pytest.mark.parametrize("name", list(MANAGER_FAULTS))
 def test_the_status_and_readiness_name_the_fault(espm, pki, tmp_path, name) -> None:
-    from tests.keystore_helpers import KeystoreSetup, status
+    from tests.keystore_fixtures import KeystoreSetup, status
 
     fault, cert, text = MANAGER_FAULTS[name]
     es = FaultyEs(fault, pki[cert] if cert else None)
@@ -234,7 +234,7 @@ def test_readiness_answers_within_a_kubelet_timeout_when_elasticsearch_never_ans
 def test_an_unexpected_reload_answer_fails_the_reload_with_a_reason_not_a_traceback(
     espm, pki, tmp_path
 ) -> None:
-    from tests.keystore_helpers import KeystoreSetup, status
+    from tests.keystore_fixtures import KeystoreSetup, status
 
     es = FaultyEs('reload-json:{"_nodes": {"failed": 1, "failures": 5}}', pki["good"])
     ks = KeystoreSetup(tmp_path)

@@ -1,6 +1,6 @@
 """The keystore updater end to end: a real espm process, the stand-in tool, the stand-in Elasticsearch.
 
-The Secret folder is laid out and updated as the kubelet does it (see tests/keystore_helpers.py);
+The Secret folder is laid out and updated as the kubelet does it (see tests/keystore_fixtures.py);
 the tool is a wrapper script running the strict stand-in `elasticsearch-keystore`, whose
 invocation log (STANDIN_KEYSTORE_LOG) says how many runs an update took and with which arguments.
 """
@@ -13,7 +13,6 @@ import re
 import signal
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,13 @@ import pytest
 
 from espm.standins.keystore_tool import parse_keystore
 from tests.conftest import descendants, wait_for
-from tests.keystore_helpers import (
+from tests.keystore_fixtures import (
     CHILD,
-    ES_PASSWORD,
     KEYSTORE,
     PRINT_NAMES,
     WORK_PREFIX,
-    EsLauncher,
     KeystoreSetup,
-    Pki,
     b64,
-    make_pki,
     pairs_of,
     reload_env,
     shm_files_holding,
@@ -39,6 +34,7 @@ from tests.keystore_helpers import (
     wait_state,
     wait_status,
 )
+from tests.standin_es import ES_PASSWORD, EsLauncher, Pki
 
 PROBE = ["espm.probe.first", "espm.probe.second"]
 FAILED_UPDATE = "Failed to update keystore: "
@@ -49,20 +45,6 @@ RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 @pytest.fixture
 def ks(tmp_path: Path) -> KeystoreSetup:
     return KeystoreSetup(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def launch_es(tmp_path: Path, pki: Pki) -> Iterator[EsLauncher]:
-    launcher = EsLauncher(tmp_path, pki)
-    try:
-        yield launcher
-    finally:
-        launcher.stop_all()
 
 
 def start(espm: Any, env: dict[str, str], command: list[str] | None = None) -> Any:

@@ -13,7 +13,7 @@ from espm.keystore import format as ksf
 from espm.standins.secret import SecretVolume
 from tests import keystore_reference as ref
 from tests.conftest import PYTHON, base_env
-from tests.keystore_helpers import CHILD, KeystoreSetup
+from tests.keystore_fixtures import CHILD, KeystoreSetup
 
 REAL = Path(__file__).parent.parent / "data" / "keystores"
 MANIFEST = {item["file"]: item for item in json.loads((REAL / "manifest.json").read_text())}

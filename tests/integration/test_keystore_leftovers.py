@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import descendants, wait_for
-from tests.keystore_helpers import (
+from tests.keystore_fixtures import (
     CHILD,
     KEYSTORE,
     KeystoreSetup,
@@ -44,6 +44,15 @@ def start(espm: Any, env: dict[str, str], **kwargs: Any) -> Any:
     manager.wait_api()
     manager.wait_log("watching .* for changes")
     return manager
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent of `pid`, or None when `pid` is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
 
 
 def namespace_pid(pid: int) -> int:
@@ -82,7 +91,10 @@ def test_managers_killed_mid_update_leave_no_value_anywhere_and_the_next_pid_1_c
         assert namespace_pid(held.pid) == 1
         # Mid-update: a work folder beside the keystore, and the values nowhere but in memfds.
         assert ks.work_folders()
-        [tool] = [p for p in descendants(held.proc.pid) if str(ks.binary) in cmdline(p)]
+        # The wrapper's forks for `sleep` carry its command line until they exec: the tool is the
+        # one whose parent is not the wrapper too.
+        wrappers = {p for p in descendants(held.proc.pid) if str(ks.binary) in cmdline(p)}
+        [tool] = [p for p in wrappers if parent_of(p) not in (*wrappers, None)]
         argv = cmdline(tool)[2:]  # sh WRAPPER add-file -f -- NAME PATH ...
         assert argv[:3] == ["add-file", "-f", "--"] and argv[3::2] == ["a", "b"], argv
         for path in argv[4::2]:

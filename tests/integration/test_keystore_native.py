@@ -21,19 +21,17 @@ from espm.keystore import format as ksf
 from tests import keystore_reference as ref
 from tests.conftest import wait_for
 from tests.integration.test_keystore_leftovers import CLONE_NEWNS, MS_PRIVATE, MS_REC
-from tests.keystore_helpers import (
+from tests.keystore_fixtures import (
     CHILD,
     KEYSTORE,
-    EsLauncher,
     KeystoreSetup,
-    Pki,
-    make_pki,
     reload_env,
     shm_files_holding,
     status,
     wait_state,
     wait_status,
 )
+from tests.standin_es import EsLauncher, Pki
 
 REAL = Path(__file__).parent.parent / "data" / "keystores"
 MANIFEST = {item["file"]: item for item in json.loads((REAL / "manifest.json").read_text())}
@@ -51,11 +49,6 @@ KS_PASSWORD = "ks-pw-Lr4v-keystore"
 @pytest.fixture
 def ks(tmp_path: Path) -> KeystoreSetup:
     return KeystoreSetup(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def start(espm: Any, env: dict[str, str], **kwargs: Any) -> Any:
@@ -106,23 +99,19 @@ def test_the_native_writer_keeps_format_flag_order_and_every_foreign_entry(
 
 
 def test_a_password_protected_keystore_is_written_with_its_password_and_reloaded_with_it(
-    espm: Any, ks: KeystoreSetup, tmp_path: Path, pki: Pki
+    espm: Any, ks: KeystoreSetup, tmp_path: Path, pki: Pki, launch_es: EsLauncher
 ) -> None:
     protected = ksf.Keystore.new(7, has_password=True).with_entries({"bootstrap.password": b"boot"})
     ks.keystore.write_bytes(ksf.encode(protected, KS_PASSWORD))
     password_file = tmp_path / "keystore-password"
     password_file.write_text(KS_PASSWORD + "\n")
     ks.secrets.write({"a": f"{VALUE}-a"})
-    launcher = EsLauncher(tmp_path, pki)
-    try:
-        es = launcher(keystore=ks.keystore, version="9.0.1")
-        env = reload_env(ks, es, pki, KEYSTORE_WRITER="native", KEYSTORE_PASSWORD_FILE=str(password_file))
-        manager = start(espm, env)
-        # The stand-in node decrypts the file with the password the reload request carries.
-        doc = wait_state(manager, "running", "Secure settings reloaded")
-        assert doc["reloads"] == 1 and es.stats()["reload"] == 1
-    finally:
-        launcher.stop_all()
+    es = launch_es(keystore=ks.keystore, version="9.0.1")
+    env = reload_env(ks, es, pki, KEYSTORE_WRITER="native", KEYSTORE_PASSWORD_FILE=str(password_file))
+    manager = start(espm, env)
+    # The stand-in node decrypts the file with the password the reload request carries.
+    doc = wait_state(manager, "running", "Secure settings reloaded")
+    assert doc["reloads"] == 1 and es.stats()["reload"] == 1
     read = ref.read(ks.keystore.read_bytes(), KS_PASSWORD)
     assert read.has_password and read.version == 7
     assert dict(entries(ks.keystore, KS_PASSWORD))["a"] == f"{VALUE}-a".encode()
@@ -143,7 +132,7 @@ def test_a_wrong_password_is_a_clear_failure_and_no_retry_storm(
     doc = status(manager)
     assert doc["state"] == "failed" and "wrong keystore password" in doc["reason"], doc
     assert ks.keystore.read_bytes() == before
-    time.sleep(3.5)  # past the first backoffs (about 2 s, then 4 s) of an ordinary failure
+    time.sleep(2.6)  # past the first backoff of an ordinary failure (2 s, jittered to at most 2.4 s)
     _, doc, _ = manager.request("GET", "/debug/vars")
     assert doc["counters"]["keystore_update_failures"] == 1
     # Fixed: the next change of the Secret goes through at once, with the right password.

@@ -1,4 +1,4 @@
-"""Files beside the keystore: atomic replacement that leaves nothing behind, folders owned by a lock."""
+"""Work folders beside the keystore, owned by a lock: removed only once their holder is gone."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from espm.keystore.files import LockedFolder, remove_abandoned, replace_atomically
+from espm.keystore.files import LockedFolder, remove_abandoned
 
 HOLDER = """
 import sys, time
@@ -20,18 +18,6 @@ folder = LockedFolder(Path(sys.argv[1]), ".espm-keystore-")
 print(folder.path.name, flush=True)
 time.sleep(60)
 """
-
-
-def test_a_replacement_that_fails_leaves_neither_a_temporary_file_nor_a_changed_target(
-    tmp_path: Path,
-) -> None:
-    target = tmp_path / "names"
-    target.mkdir()  # a rename onto a folder fails, after the temporary file was written
-    with pytest.raises(OSError):
-        replace_atomically(target, b'["a"]\n')
-    assert sorted(os.listdir(tmp_path)) == ["names"] and target.is_dir()
-    replace_atomically(tmp_path / "ok", b"1")
-    assert sorted(os.listdir(tmp_path)) == ["names", "ok"] and (tmp_path / "ok").read_bytes() == b"1"
 
 
 def test_a_folder_is_removed_only_once_its_holder_is_gone(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ are checked in milliseconds of a clock the test moves, not by waiting out 10 s a
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -70,8 +69,7 @@ LIMITS = Limits(request_timeout=10 * MS, idle_timeout=5 * MS, pressed_idle=1 * M
 
 
 def make_server(limits: Limits = LIMITS) -> ApiServer:
-    manager: Any = SimpleNamespace(config=SimpleNamespace(http=SimpleNamespace(host="127.0.0.1")))
-    server = ApiServer(manager, router=Router(), limits=limits)  # type: ignore[arg-type]
+    server = ApiServer(Router().route, "127.0.0.1", limits=limits)
     server.now = 1000.0
     return server
 

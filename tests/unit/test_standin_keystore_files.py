@@ -12,13 +12,22 @@ import pytest
 from espm.keystore import format as ksf
 from espm.standins.keystore_tool import encode_keystore, hashmap_order, java_string_hash
 from tests import keystore_reference as ref
+from tests.standin_es import EsLauncher
+from tests.standin_es import StandinEs as Es
 from tests.unit import test_standins as standins
-from tests.unit.test_standins import RELOAD, Es, EsLauncher, Run, Tool, _error
+from tests.unit.test_standins import RELOAD, Run, Tool, _error
 
 # The stand-in fixtures of test_standins, shared rather than copied.
-tool = standins.tool
-pki = standins.pki
 launcher = standins.launcher
+
+
+@pytest.fixture
+def tool(tmp_path: Path) -> Tool:
+    """The tool at its default version (test_standins runs a faster one): formats are tested here."""
+    conf = tmp_path / "config"
+    conf.mkdir()
+    return Tool(conf)
+
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "keystores"
 MANIFEST = json.loads((DATA / "manifest.json").read_text())
@@ -170,7 +179,7 @@ def test_a_damaged_keystore_is_a_data_error_and_stays_as_it_is(tool: Tool) -> No
 
 @pytest.fixture
 def es8p(launcher: EsLauncher) -> Es:
-    return launcher.start("--version", "8.15.0")
+    return launcher(version="8.15.0")
 
 
 def _reload(es: Es, password: str | None = None) -> dict[str, object]:
@@ -218,7 +227,7 @@ def test_reload_reports_damaged_or_unreadable_files(es8p: Es) -> None:
 
 
 def test_reload_on_9_3_names_the_settings_of_a_real_file(launcher: EsLauncher) -> None:
-    es = launcher.start("--version", "9.3.0")
+    es = launcher(version="9.3.0")
     shutil.copyfile(real_file("8.12.1-v5"), es.keystore)
     node = _reload(es)
     (item,) = [m for m in MANIFEST if "8.12.1-v5" in m["file"]]

@@ -11,10 +11,11 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from espm.api.routes import Request, Response
+from espm.api.routes import Request, Response, Route
 
 if TYPE_CHECKING:
-    from espm.manager import Manager
+    from espm.api.port import Control
+    from espm.config import HttpConfig
 
 MAX_PROFILE_SECONDS = 60
 TEXT = "text/plain; charset=utf-8"
@@ -77,41 +78,34 @@ def prometheus_number(value: float) -> str:
 
 
 class DebugEndpoints:
-    """The handlers of the optional endpoints, reading the manager's counters."""
+    """The handlers of the optional endpoints, reading the manager's counters through the port."""
 
-    def __init__(self, manager: Manager) -> None:
-        self.manager = manager
+    def __init__(self, control: Control, name: str, profiler: bool = False) -> None:
+        self.control = control
+        self.name = name
         self.started = time.time()
         self._profiling = False
-        if manager.config.http.profiler:
+        if profiler:
             import tracemalloc
 
             # Allocations are only seen from the moment tracing starts: start it with the API.
             tracemalloc.start(10)
 
-    # -- counters ---------------------------------------------------------------------------
-
-    def counters(self) -> dict[str, int]:
-        m = self.manager
-        updater = m.updater
-        api = m.api
-        return {
-            "signals_forwarded": m.forwarder.forwarded,
-            "zombies_reaped": m.reaper.orphans_reaped,
-            "http_requests": api.requests if api else 0,
-            "http_connections_refused": api.refused if api else 0,
-            "http_timeouts": api.timeouts if api else 0,
-            "http_connections_evicted": api.evicted if api else 0,
-            "http_accept_failures": api.accept_failures if api else 0,
-            "http_connections_open": len(api.connections) if api else 0,
-            "http_tls_failures": api.tls_failures if api else 0,
-            "keystore_updates": updater.updates if updater else 0,
-            "keystore_update_failures": updater.update_failures if updater else 0,
-            "keystore_reloads": updater.reloads if updater else 0,
-            "keystore_tool_runs": updater.tool.runs if updater else 0,
-            "process_starts": m.process.starts,
-            "readiness_checks": m.readiness_checks,
-        }
+    def routes(self, http: HttpConfig) -> list[Route]:
+        """The endpoints the configuration turns on."""
+        routes: list[Route] = []
+        if http.exp_vars:
+            routes.append(Route("/debug/vars", "GET", self.vars))
+        if http.metrics:
+            routes.append(Route("/metrics", "GET", self.metrics))
+        if http.profiler:
+            routes += [
+                Route("/debug/pprof/", "GET", self.pprof_index),
+                Route("/debug/pprof/profile", "GET", self.pprof_profile),
+                Route("/debug/pprof/heap", "GET", self.pprof_heap),
+                Route("/debug/pprof/tasks", "GET", self.pprof_tasks),
+            ]
+        return routes
 
     def vars(self, request: Request) -> Response:
         memory = _proc_status()
@@ -123,17 +117,18 @@ class DebugEndpoints:
                 "counts": list(gc.get_count()),
                 "collections": [s["collections"] for s in gc.get_stats()],
             },
-            "process": self.manager.process.status(),
-            "counters": self.counters(),
+            "process": self.control.status(),
+            "counters": self.control.counters(),
             "runtime": _runtime(),
         }
-        if self.manager.updater is not None:
-            doc["keystore"] = self.manager.updater.status()
+        keystore = self.control.keystore_status()
+        if keystore is not None:
+            doc["keystore"] = keystore
         return Response.json(200, doc)
 
     def metrics(self, request: Request) -> Response:
-        m = self.manager
-        name = m.config.process.name
+        control = self.control
+        name = self.name
         lines: list[str] = []
 
         def metric(metric_name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -149,7 +144,7 @@ class DebugEndpoints:
             "gauge",
             "1 for the managed process's current state.",
             [
-                (f'{{name="{name}",state="{s.value}"}}', 1.0 if m.process.state is s else 0.0)
+                (f'{{name="{name}",state="{s.value}"}}', 1.0 if control.state is s else 0.0)
                 for s in ProcessState
             ],
         )
@@ -157,9 +152,9 @@ class DebugEndpoints:
             "espm_process_up",
             "gauge",
             "1 while the managed process runs.",
-            [(f'{{name="{name}"}}', 1.0 if m.process.running else 0.0)],
+            [(f'{{name="{name}"}}', 1.0 if control.running else 0.0)],
         )
-        counters = self.counters()
+        counters = control.counters()
         for key, help_text in (
             ("process_starts", "Times the managed process was started."),
             ("signals_forwarded", "Signals forwarded to the process group."),

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from espm.supervisor.process import Outcome
-from espm.supervisor.state import SIGNALLED, UNHEALTHY, ProcessState
+from espm.supervisor.state import UNHEALTHY
 
 if TYPE_CHECKING:
-    from espm.manager import Manager
+    from espm.api.port import Control, Outcome
+    from espm.config import HttpConfig
 
 Header = tuple[bytes, bytes]
 
@@ -59,49 +59,47 @@ Handler = Callable[[Request], Result]
 _OK_HEALTH = Response(200, b'{"status": "ok"}')
 
 
-# The API as data: (path, method, handler, the HttpConfig switch that turns it on). `{name}` is
-# PM_PROC_NAME. The OpenAPI document is checked against this table by the tests.
-ROUTES: tuple[tuple[str, str, str, str | None], ...] = (
-    ("/health", "GET", "health", None),
-    ("/{name}/start", "POST", "start", None),
-    ("/{name}/stop", "POST", "stop", None),
-    ("/{name}/kill", "POST", "kill", None),
-    ("/{name}/status", "GET", "status", None),
-    ("/{name}/ready", "GET", "ready", None),
-    ("/keystore/status", "GET", "keystore_status", None),
-    ("/openapi.json", "GET", "openapi", None),
-    ("/debug/vars", "GET", "vars", "exp_vars"),
-    ("/metrics", "GET", "metrics", "metrics"),
-    ("/debug/pprof/", "GET", "pprof_index", "profiler"),
-    ("/debug/pprof/profile", "GET", "pprof_profile", "profiler"),
-    ("/debug/pprof/heap", "GET", "pprof_heap", "profiler"),
-    ("/debug/pprof/tasks", "GET", "pprof_tasks", "profiler"),
-)
+@dataclass(frozen=True)
+class Route:
+    """One endpoint: its path (`{name}` is PM_PROC_NAME), its method, and its handler."""
+
+    template: str
+    method: str
+    handler: Handler
 
 
 class Router:
     """Maps (method, path) to a handler; 405 with Allow for a known path, 404 otherwise."""
 
-    def __init__(self, manager: Manager) -> None:
-        self.manager = manager
-        self.process = manager.process
-        name = manager.config.process.name
-        http = manager.config.http
-        debug: object = None
+    def __init__(self, control: Control, name: str, http: HttpConfig) -> None:
+        self.control = control
+        self.name = name
+        routes = self.routes()
         if http.exp_vars or http.profiler or http.metrics:
             from espm.api.debug import DebugEndpoints
 
-            debug = DebugEndpoints(manager)
-        self._routes: dict[str, tuple[str, Handler, list[Header]]] = {}
-        for template, method, handler, switch in ROUTES:
-            if switch is not None and not getattr(http, switch):
-                continue
-            owner = self if switch is None else debug
-            self._routes[template.replace("{name}", name)] = (
-                method,
-                getattr(owner, handler),
-                [(b"allow", method.encode())],
+            routes += DebugEndpoints(control, name, profiler=http.profiler).routes(http)
+        self._routes: dict[str, tuple[str, Handler, list[Header]]] = {
+            route.template.replace("{name}", name): (
+                route.method,
+                route.handler,
+                [(b"allow", route.method.encode())],
             )
+            for route in routes
+        }
+
+    def routes(self) -> list[Route]:
+        """The endpoints that are always on (the OpenAPI document lists these and the debug ones)."""
+        return [
+            Route("/health", "GET", self.health),
+            Route("/{name}/start", "POST", self.start),
+            Route("/{name}/stop", "POST", self.stop),
+            Route("/{name}/kill", "POST", self.kill),
+            Route("/{name}/status", "GET", self.status),
+            Route("/{name}/ready", "GET", self.ready),
+            Route("/keystore/status", "GET", self.keystore_status),
+            Route("/openapi.json", "GET", self.openapi),
+        ]
 
     def route(self, request: Request) -> Result:
         path = request.path
@@ -117,46 +115,38 @@ class Router:
     # -- process ----------------------------------------------------------------------------
 
     def health(self, request: Request) -> Response:
-        state = self.process.state
+        state = self.control.state
         if state in UNHEALTHY:
-            return Response.json(
-                500, {"status": "error", "reason": f"process {self.process.config.name} is {state.value}"}
-            )
-        if self.process.record_error is not None:
+            return Response.json(500, {"status": "error", "reason": f"process {self.name} is {state.value}"})
+        record_error = self.control.record_error
+        if record_error is not None:
             # 200, not 500: a failed liveness probe restarts the container, and the next espm
             # would act on the older state the file still holds (e.g. start what was stopped).
-            return Response.json(200, {"status": "warning", "reason": self.process.record_error})
+            return Response.json(200, {"status": "warning", "reason": record_error})
         return _OK_HEALTH
 
     def status(self, request: Request) -> Response:
-        return Response(200, self.process.status_json())
+        return Response(200, self.control.status_json())
 
-    def _answer(self, outcome: Outcome, in_progress: frozenset[ProcessState]) -> Response:
+    def _answer(self, outcome: Outcome) -> Response:
+        """500 with the status and the error; 202 while a signal's effect is under way; else 200."""
         if outcome.error is not None:
-            doc = self.process.status()
+            doc = self.control.status()
             doc["error"] = outcome.error
             return Response.json(500, doc)
-        code = 202 if self.process.state in in_progress else 200
-        return Response(code, self.process.status_json())
+        return Response(202 if outcome.under_way else 200, self.control.status_json())
 
     def start(self, request: Request) -> Response:
-        if self.manager.building:
-            # Elasticsearch must start with its secure settings: it starts when the build ends.
-            return self._answer(
-                Outcome(error="the keystore is being built; the process starts after"), frozenset()
-            )
-        return self._answer(self.process.start(), frozenset())
+        return self._answer(self.control.start())
 
     def stop(self, request: Request) -> Response:
-        return self._answer(self.process.stop(), SIGNALLED)
+        return self._answer(self.control.stop())
 
     def kill(self, request: Request) -> Response:
-        return self._answer(self.process.kill(), SIGNALLED)
+        return self._answer(self.control.kill())
 
     async def ready(self, request: Request) -> Response:
-        if not self.process.running:
-            return Response.json(503, {"ready": False, "reason": f"process is {self.process.state.value}"})
-        reason = await self.manager.readiness.check()
+        reason = await self.control.ready()
         if reason is None:
             return Response(200, b'{"ready": true}')
         return Response.json(503, {"ready": False, "reason": reason})
@@ -164,10 +154,10 @@ class Router:
     # -- keystore and documents ------------------------------------------------------------
 
     def keystore_status(self, request: Request) -> Response:
-        updater = self.manager.updater
-        if updater is None:
+        status = self.control.keystore_status()
+        if status is None:
             return Response.error(404, "the keystore updater is off (PM_KEYSTORE_UPDATER=false)")
-        return Response.json(200, updater.status())
+        return Response.json(200, status)
 
     def openapi(self, request: Request) -> Response:
         # A plain read: importlib.resources would load zipfile and friends (1 MiB) for one file.

@@ -28,20 +28,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import resource
 import socket
 import ssl
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 
 import h11
 
 from espm.api import framing
-from espm.api.routes import Request, Response, Router
+from espm.api.routes import Request, Response, Result
 from espm.api.tls import CertificateWatcher
-
-if TYPE_CHECKING:
-    from espm.manager import Manager
+from espm.wire import message_bytes
 
 log = logging.getLogger("espm.api")
 
@@ -71,6 +70,8 @@ PIPELINE_BATCH = 32  # pipelined requests answered before the loop turns to the 
 TLS_READ = 16 * 1024
 SWEEP_INTERVAL = 1.0
 SHUTDOWN_GRACE = 2.0
+# Private, for the black-box tests of the time limits only (see Limits.from_environ).
+TEST_LIMITS_VARIABLE = "_ESPM_TEST_API_LIMITS"
 
 # The statuses espm answers with (http.HTTPStatus's phrases; importing `http` costs 256 KiB).
 REASONS = {
@@ -106,6 +107,30 @@ class Limits:
     pressed_request: float = PRESSED_REQUEST
     pipeline_batch: int = PIPELINE_BATCH
     sweep_interval: float = SWEEP_INTERVAL
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Limits:
+        """The defaults, or as TEST_LIMITS_VARIABLE says ("request_timeout=1.5,sweep_interval=0.05").
+
+        Private to the tests, not a setting: the black-box tests of the time limits run against a
+        real socket in a second, not by waiting out 10 s and 5 s.
+        """
+        text = environ.get(TEST_LIMITS_VARIABLE, "").strip()
+        if not text:
+            return cls()
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, float] = {}
+        for item in text.split(","):
+            name, _, value = (part.strip() for part in item.partition("="))
+            if name not in types:
+                raise ValueError(f"{TEST_LIMITS_VARIABLE}: {name!r} is not one of {', '.join(types)}")
+            try:
+                values[name] = int(value) if types[name] == "int" else float(value)
+            except ValueError:
+                raise ValueError(f"{TEST_LIMITS_VARIABLE}: {name}={value!r} is not a number") from None
+            if values[name] <= 0:
+                raise ValueError(f"{TEST_LIMITS_VARIABLE}: {name}={value!r} is not positive")
+        return cls(**values)  # type: ignore[arg-type]
 
 
 class Connection(asyncio.Protocol):
@@ -381,7 +406,7 @@ class Connection(asyncio.Protocol):
             event.method.decode("ascii", "replace"), event.target.decode("latin-1"), bytes(self.body)
         )
         try:
-            result = self.server.router.route(request)
+            result = self.server.route(request)
         except Exception:
             log.exception("handler failed", extra={"url.path": request.target})
             result = Response.error(500, "internal error")
@@ -414,24 +439,13 @@ class Connection(asyncio.Protocol):
 
     def _respond(self, response: Response) -> None:
         h = self.h11
-        content_type = (
-            _JSON
-            if response.content_type == "application/json"
-            else (b"content-type", response.content_type.encode())
-        )
-        headers = [content_type, (b"content-length", str(len(response.body)).encode())]
-        headers += response.headers
-        if self.server.closing or self.close_after:
-            headers.append(_CLOSE)
         try:
-            out = h.send(
-                h11.Response(
-                    status_code=response.status, headers=headers, reason=REASONS.get(response.status, b"")
-                )
+            out = message_bytes(
+                h,
+                _head(response, self.server.closing or self.close_after),
+                response.body,
+                with_body=not self.head_only,
             )
-            if not self.head_only:
-                out = (out or b"") + (h.send(h11.Data(data=response.body)) or b"")
-            out = (out or b"") + (h.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:
             h.send_failed()
             self._close()
@@ -456,22 +470,11 @@ class Connection(asyncio.Protocol):
         """Answer a bad request with a final error, then drain and close."""
         h = self.h11
         if h.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self.transport is not None:
-            body = Response.error(status, reason).body
+            response = Response.error(status, reason)
             try:
-                out = (
-                    h.send(
-                        h11.Response(
-                            status_code=status,
-                            headers=[_JSON, (b"content-length", str(len(body)).encode()), _CLOSE],
-                            reason=REASONS.get(status, b""),
-                        )
-                    )
-                    or b""
+                self._send(
+                    message_bytes(h, _head(response, True), response.body, with_body=not self.head_only)
                 )
-                if not self.head_only:
-                    out += h.send(h11.Data(data=body)) or b""
-                out += h.send(h11.EndOfMessage()) or b""
-                self._send(out)
             except h11.LocalProtocolError:
                 pass
         self._linger()
@@ -519,6 +522,21 @@ class Connection(asyncio.Protocol):
         self.server.connections.pop(self, None)
 
 
+def _head(response: Response, close: bool) -> h11.Response:
+    """The head of an answer: its type, its length, its own headers, and `connection: close`."""
+    content_type = (
+        _JSON
+        if response.content_type == "application/json"
+        else (b"content-type", response.content_type.encode())
+    )
+    headers = [content_type, (b"content-length", str(len(response.body)).encode()), *response.headers]
+    if close:
+        headers.append(_CLOSE)
+    return h11.Response(
+        status_code=response.status, headers=headers, reason=REASONS.get(response.status, b"")
+    )
+
+
 def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
     """The connections the process can hold beside its own work, given RLIMIT_NOFILE."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -528,13 +546,18 @@ def connection_cap(limit: int = MAX_CONNECTIONS) -> int:
 
 
 class ApiServer:
-    """Listens on PM_HTTP_HOST:PM_HTTP_PORT and serves the router's endpoints."""
+    """Serves, on the listener it is given, what `route` answers (routes.py's `Router.route`)."""
 
-    def __init__(self, manager: Manager, router: Router | None = None, limits: Limits | None = None) -> None:
-        self.manager = manager
-        self.config = manager.config.http
-        self.router = router or Router(manager)
-        self.limits = limits = limits or Limits()
+    def __init__(
+        self,
+        route: Callable[[Request], Result],
+        host: str,
+        tls: CertificateWatcher | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.route = route
+        self.host = host  # as configured, for the log
+        self.limits = limits = limits or Limits.from_environ(os.environ)
         # Least recently active first: a connection moves to the end when it is admitted and
         # each time it is answered, so the front is where eviction looks.
         self.connections: dict[Connection, None] = {}
@@ -558,26 +581,37 @@ class ApiServer:
         self._exhausted_at: float | None = None  # the last accept that ran out, in an episode
         self._episode = (0, 0)  # accept failures and evictions when the episode began
         self._sweeper: asyncio.TimerHandle | None = None
-        self._certificates: CertificateWatcher | None = None
+        self._certificates = tls
 
-    async def start(self) -> None:
+    async def start(self, listener: socket.socket) -> None:
+        """Serve on `listener`, a listening socket opened beforehand (listener.py)."""
         loop = self._loop = asyncio.get_running_loop()
         self.now = loop.time()
-        if self.config.tls:
-            self._certificates = self.manager.tls
-            assert self._certificates is not None
+        if self._certificates is not None:
             self.tls_context = self._certificates.context
-        self._listener = self.manager.listener
-        self.port = self._listener.getsockname()[1]
+        self._listener = listener
+        self.port = listener.getsockname()[1]
         loop.add_reader(self._listener.fileno(), self._accept)
         log.info(
             "API listening on %s://%s:%d",
             "https" if self.tls_context else "http",
-            self.config.host,
+            self.host,
             self.port,
-            extra={"server.address": self.config.host, "server.port": self.port},
+            extra={"server.address": self.host, "server.port": self.port},
         )
         self._sweeper = loop.call_later(self.limits.sweep_interval, self._sweep)
+
+    def counters(self) -> dict[str, int]:
+        """The server's counters, by their /debug/vars names."""
+        return {
+            "http_requests": self.requests,
+            "http_connections_refused": self.refused,
+            "http_timeouts": self.timeouts,
+            "http_connections_evicted": self.evicted,
+            "http_accept_failures": self.accept_failures,
+            "http_connections_open": len(self.connections),
+            "http_tls_failures": self.tls_failures,
+        }
 
     # -- accepting ---------------------------------------------------------------------------
 

@@ -1,20 +1,22 @@
-"""AES-GCM and PBKDF2-HMAC-SHA512 for the keystore, over the libcrypto the ssl module already loaded.
+"""AES-GCM, PBKDF2-HMAC-SHA512 and SHA-256 for the keystore, over the libcrypto the ssl module loaded.
 
-PBKDF2 is `hashlib.pbkdf2_hmac` (OpenSSL underneath). AES-GCM is not in the standard library, so
-it is called through ctypes in the very libcrypto that `_hashlib`/`_ssl` mapped into this
-process: no new shared library, no `cryptography` package (about 7.5 MiB of RSS at import; the
-figures are in the README, keystore section, measured by bench/bench_keystore_crypto.py).
+AES-GCM is not in the standard library, so it is called through ctypes in the very libcrypto that
+`_ssl` mapped into this process: no new shared library, no `cryptography` package (about 7.5 MiB
+of RSS at import; the figures are in the README, keystore section, measured by
+bench/bench_keystore_crypto.py). PBKDF2 and SHA-256 are OpenSSL's PKCS5_PBKDF2_HMAC and
+EVP_Digest in the same library, the functions hashlib calls: importing hashlib (its `_hashlib`
+fetches every digest of OpenSSL's providers at import) costs a running manager about 0.6 MiB of
+RSS for these two calls.
 
 The EVP calls used here (EVP_CIPHER_CTX_new/ctrl/free, EVP_{En,De}cryptInit_ex/Update/Final_ex,
-EVP_aes_{128,256}_gcm) have the same signatures in OpenSSL 1.1 and 3.x. Every return code is
-checked, every context is freed, and a failure clears OpenSSL's per-thread error queue so that the
-ssl module never finds a stale error of ours in it.
+EVP_aes_{128,256}_gcm, EVP_sha256/sha512, EVP_Digest, PKCS5_PBKDF2_HMAC) have the same signatures
+in OpenSSL 1.1 and 3.x. Every return code is checked, every context is freed, and a failure clears
+OpenSSL's per-thread error queue so that the ssl module never finds a stale error of ours in it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import threading
 from collections.abc import Iterator
@@ -41,7 +43,14 @@ class AuthenticationError(Exception):
 
 def pbkdf2_sha512(password: bytes, salt: bytes, rounds: int, length: int) -> bytes:
     """PBKDF2-HMAC-SHA512 of `password` and `salt`, `length` bytes long."""
-    return hashlib.pbkdf2_hmac("sha512", password, salt, rounds, length)
+    if rounds < 1 or length < 1:
+        raise ValueError(f"PBKDF2 needs at least 1 round and 1 byte, not {rounds} and {length}")
+    return _libcrypto().pbkdf2_sha512(password, salt, rounds, length)
+
+
+def sha256(data: bytes) -> bytes:
+    """The SHA-256 digest of `data` (32 bytes)."""
+    return _libcrypto().sha256(data)
 
 
 def aes_gcm_encrypt(key: bytes, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
@@ -75,11 +84,14 @@ def _libcrypto() -> _Libcrypto:
 
 def _candidates() -> Iterator[str | None]:
     """Places to look for libcrypto, the one already in this process first."""
-    # Importing these maps the libcrypto CPython was built against (in a frozen executable: the
+    # Importing one maps the libcrypto CPython was built against (in a frozen executable: the
     # copy bundled beside it), so the library we bind is the one that is already paid for.
-    for module in ("_hashlib", "_ssl"):
+    # _ssl first: the updater's Elasticsearch client has it loaded already, while _hashlib's
+    # import would cost 0.5 MiB more (it fetches every digest at import).
+    for module in ("_ssl", "_hashlib"):
         try:
             __import__(module)
+            break
         except ImportError:
             pass  # a Python built without it: the other places below may still have one
     try:
@@ -166,6 +178,33 @@ class _Libcrypto:
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _c_int_p]
         lib.ERR_clear_error.restype = None
         lib.ERR_clear_error.argtypes = []
+        for name in ("EVP_sha256", "EVP_sha512"):
+            getattr(lib, name).restype = ctypes.c_void_p
+            getattr(lib, name).argtypes = []
+        lib.EVP_Digest.restype = ctypes.c_int
+        lib.EVP_Digest.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        lib.PKCS5_PBKDF2_HMAC.restype = ctypes.c_int
+        lib.PKCS5_PBKDF2_HMAC.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
+        self._sha256 = lib.EVP_sha256()
+        self._sha512 = lib.EVP_sha512()
+        if not self._sha256 or not self._sha512:
+            raise OSError("this libcrypto has no SHA-2")
         self._aes_128_gcm = lib.EVP_aes_128_gcm()
         self._aes_256_gcm = lib.EVP_aes_256_gcm()
         if not self._aes_128_gcm or not self._aes_256_gcm:
@@ -178,6 +217,20 @@ class _Libcrypto:
         if len(key) == 32:
             return int(self._aes_256_gcm)
         raise ValueError(f"an AES-GCM key is 16 or 32 bytes, not {len(key)}")
+
+    def pbkdf2_sha512(self, password: bytes, salt: bytes, rounds: int, length: int) -> bytes:
+        out = ctypes.create_string_buffer(length)
+        # ctypes lets go of the GIL for the call, as hashlib does: rounds take a while.
+        ok = self._lib.PKCS5_PBKDF2_HMAC(
+            password, len(password), salt, len(salt), rounds, self._sha512, length, out
+        )
+        self._check(ok, "PKCS5_PBKDF2_HMAC")
+        return out.raw
+
+    def sha256(self, data: bytes) -> bytes:
+        out = ctypes.create_string_buffer(32)
+        self._check(self._lib.EVP_Digest(data, len(data), out, None, self._sha256, None), "EVP_Digest")
+        return out.raw
 
     def _check(self, ok: int, call: str) -> None:
         if ok != 1:

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import h11
 
 from espm.config import KeystoreConfig
+from espm.wire import message_bytes
 
 REQUEST_TIMEOUT = 30.0  # the whole request, from connect to the answer's last byte
 CONNECT_TIMEOUT = 5.0
@@ -109,7 +110,10 @@ class _Tls:
     ) -> None:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_hostname=host)
+        # An ASCII host goes as bytes: ssl encodes a str with the "idna" codec, whose import
+        # (unicodedata, stringprep) costs half a MiB of RSS for nothing an ASCII name needs.
+        server_hostname: str | bytes = host.encode("ascii") if host.isascii() else host
+        self._obj = context.wrap_bio(self._in, self._out, server_hostname=server_hostname)
         self._reader = reader
         self._writer = writer
 
@@ -299,10 +303,9 @@ class ElasticsearchClient:
         headers = list(self._headers)
         if body is not None:
             headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
-        out = conn.send(h11.Request(method=method, target=self.base + path, headers=headers)) or b""
-        if body:
-            out += conn.send(h11.Data(data=body)) or b""
-        out += conn.send(h11.EndOfMessage()) or b""
+        out = message_bytes(
+            conn, h11.Request(method=method, target=self.base + path, headers=headers), body or b""
+        )
         if tls is not None:
             await tls.send(out)
         else:

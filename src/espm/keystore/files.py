@@ -1,8 +1,7 @@
-"""Files beside the keystore: atomic replacement with fsyncs, and work folders owned by a lock.
+"""Files beside the keystore: work folders and temporary files owned by a lock.
 
-- `replace_atomically` writes a temporary file in the target's folder, fsyncs it, renames it over
-  the target and fsyncs the folder: a crash leaves the old file or the new one, and a failure
-  (a full disk) leaves neither a partial file nor the temporary one.
+(Atomic replacement with its fsyncs is `espm.system.files`.)
+
 - A work folder is owned through an exclusive `flock` on an open descriptor of the folder, not
   through a pid: pids mean nothing across PID namespaces (every container's first process is
   pid 1), while the lock dies with its holder, however it dies. A folder whose lock can be taken
@@ -15,48 +14,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
-import shutil
-import tempfile
 from pathlib import Path
 
 _ATTEMPTS = 5
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or an unlink in `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def replace_atomically(path: Path, data: bytes, mode: int = 0o600, tmp: Path | None = None) -> None:
-    """Replace `path` by a file holding `data`, through `tmp` (default `.NAME.tmp` beside it).
-
-    Raises OSError; the temporary file never outlives a failure.
-    """
-    tmp = tmp or path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 class LockedFolder:
@@ -64,7 +24,11 @@ class LockedFolder:
 
     def __init__(self, parent: Path, prefix: str) -> None:
         for _ in range(_ATTEMPTS):
-            path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+            path = parent / f"{prefix}{_random_part()}"
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
             fd = _try_lock(path)
             if fd is None:
                 continue  # another manager's sweep took it before us: it removes it
@@ -75,10 +39,56 @@ class LockedFolder:
 
     def remove(self) -> None:
         """Remove the folder and everything in it, then let go of the lock."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        _rmtree(self.path)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _random_part() -> str:
+    # os.urandom, not tempfile or secrets: those import shutil (bz2, lzma) and random, about
+    # 1 MiB of RSS that a running manager keeps for nothing else.
+    return os.urandom(6).hex()
+
+
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _rmtree(path: Path) -> None:
+    """Remove the folder `path` and everything in it, errors ignored, never through a link.
+
+    shutil.rmtree's way (descriptors opened with O_NOFOLLOW, names relative to them) without
+    importing shutil, which brings bz2 and lzma: 0.6 MiB of RSS kept by the running manager.
+    """
+    try:
+        fd = os.open(path, _OPEN_DIR)
+    except OSError:
+        return
+    try:
+        _empty(fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def _empty(fd: int) -> None:
+    with contextlib.suppress(OSError), os.scandir(fd) as entries:
+        for entry in list(entries):
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    sub = os.open(entry.name, _OPEN_DIR, dir_fd=fd)
+                except OSError:
+                    continue  # gone, or replaced by a link meanwhile: not followed
+                try:
+                    _empty(sub)
+                finally:
+                    os.close(sub)
+                with contextlib.suppress(OSError):
+                    os.rmdir(entry.name, dir_fd=fd)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.name, dir_fd=fd)
 
 
 def _try_lock(path: Path, directory: bool = True) -> int | None:
@@ -120,7 +130,7 @@ def remove_abandoned(parent: Path, prefix: str, suffix: str = "", directory: boo
         try:
             # Removed while locked: its maker, should it still be starting, sees it gone.
             if directory:
-                shutil.rmtree(path, ignore_errors=True)
+                _rmtree(path)
             else:
                 os.unlink(path)
             removed.append(name)
@@ -134,7 +144,7 @@ def remove_abandoned(parent: Path, prefix: str, suffix: str = "", directory: boo
 def create_locked_file(parent: Path, prefix: str, suffix: str) -> tuple[Path, int]:
     """A new empty 0600 file `prefix<random>suffix` in `parent`, open for writing and locked."""
     for _ in range(_ATTEMPTS):
-        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        path = parent / f"{prefix}{_random_part()}{suffix}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

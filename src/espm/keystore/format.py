@@ -23,8 +23,8 @@ Rules kept here:
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
@@ -142,6 +142,8 @@ def setting_name_error(name: str) -> str:
 
 def new_seed() -> str:
     """A fresh `keystore.seed`: 20 characters from the tool's alphabet, from the system CSPRNG."""
+    import secrets  # here: secrets imports random and hmac, which a running manager never needs
+
     return "".join(secrets.choice(SEED_ALPHABET) for _ in range(SEED_LENGTH))
 
 
@@ -295,8 +297,8 @@ def encode(
             else "this keystore has no password: encode it with password=''"
         )
     params = FORMATS[keystore.version]
-    salt = secrets.token_bytes(SALT_LENGTH) if salt is None else bytes(salt)
-    iv = secrets.token_bytes(IV_LENGTH) if iv is None else bytes(iv)
+    salt = os.urandom(SALT_LENGTH) if salt is None else bytes(salt)
+    iv = os.urandom(IV_LENGTH) if iv is None else bytes(iv)
     if not salt or not iv:
         raise ValueError("the salt and the IV cannot be empty")
     payload = _build_payload(keystore)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
+
+from espm.system.libc import checked, libc
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -34,28 +35,19 @@ FOLDER_EVENTS = (
 )
 _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int) -> int:
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
-
 
 class FolderWatch:
     """Watches one folder; `read()` drains the events and says whether the folder went away."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+        self.fd = checked(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
         self._wd = -1
         self.rewatch()
 
     def rewatch(self) -> bool:
         """(Re)start watching the folder; False when it does not exist (yet)."""
-        self._wd = _libc.inotify_add_watch(self.fd, os.fsencode(self.folder), FOLDER_EVENTS)
+        self._wd = libc.inotify_add_watch(self.fd, os.fsencode(self.folder), FOLDER_EVENTS)
         return self._wd >= 0
 
     @property

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from espm.keystore.files import replace_atomically
 from espm.keystore.writer import UpdateError
+from espm.system.files import replace_atomically
 
 
 def managed_path(keystore: Path) -> Path:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from espm.keystore import format as ksf
-from espm.keystore.files import create_locked_file, write_all
+from espm.keystore.files import create_locked_file
 from espm.keystore.writer import UpdateError, current_stat, describe_os_error, install
+from espm.system.files import write_all
 
 TMP_SUFFIX = ".tmp"
 T = TypeVar("T")

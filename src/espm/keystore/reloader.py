@@ -11,6 +11,7 @@ from espm.keystore.answers import error_reason, reload_problems, root_version
 from espm.keystore.elasticsearch import ElasticsearchClient, Unreachable
 from espm.keystore.status import FAILED_RELOAD, RELOADED, WAITING, StatusBoard, UpdaterState, backoff
 from espm.keystore.writer import UpdateError
+from espm.system import heap
 
 log = logging.getLogger("espm.keystore")
 
@@ -57,6 +58,8 @@ class Reloader:
                 # Unforeseen: said, and retried like any failure; the loop must not die of it.
                 log.error("reload failed unexpectedly", exc_info=True)
                 reason = f"unexpected {type(err).__name__}: {err}"
+            finally:
+                heap.trim()  # the update and this reload are over: their freed pages go back
             self.failures += 1
             self._set(UpdaterState.FAILED, FAILED_RELOAD + reason)
             self._needed.set()

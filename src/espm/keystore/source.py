@@ -9,13 +9,13 @@ consistent view even if a swap happens meanwhile (the next change event brings t
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from espm.config import SETTING_NAME
+from espm.keystore.crypto import sha256
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,18 @@ class Snapshot:
 
     def digest(self, name: str) -> str:
         """A fingerprint of one value, kept in memory only to skip unchanged settings."""
-        return hashlib.sha256(self.values[name]).hexdigest()
+        return sha256(self.values[name]).hex()
 
     def fingerprint(self) -> str:
         """Changes when any name or value changes: the test for "really changed"."""
-        h = hashlib.sha256()
+        parts: list[bytes] = []
         for name in self.names:
-            h.update(name.encode() + b"\0" + self.digest(name).encode() + b"\0")
+            parts.append(name.encode() + b"\0" + self.digest(name).encode() + b"\0")
         for name in self.invalid:
-            h.update(b"!" + name.encode() + b"\0")
+            parts.append(b"!" + name.encode() + b"\0")
         for name in self.outside:
-            h.update(b">" + name.encode() + b"\0")
-        return h.hexdigest()
+            parts.append(b">" + name.encode() + b"\0")
+        return sha256(b"".join(parts)).hex()
 
 
 class SourceError(Exception):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from espm.config import PRIVATE_VARIABLES
 from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import FORWARDED, StartupSignals
 
@@ -94,7 +95,9 @@ class KeystoreTool:
         own in /tmp on every run otherwise); `pass_fds` are inherited at their own numbers.
         """
         argv = (str(self.binary), *args)
-        env = {k: v for k, v in os.environ.items() if k != "KEYSTORE_ES_PASSWORD"}
+        # espm's own variables stay with espm, as for the managed process: the password, and the
+        # `*_FILE` ones that the image's scripts around the tool may turn into values.
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_VARIABLES}
         env["ES_PATH_CONF"] = str(conf_dir)
         if tmp_dir is not None:
             env["ES_TMPDIR"] = str(tmp_dir)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import resource
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -72,6 +71,8 @@ class ToolWriter:
             (conf / TMP_FOLDER).mkdir(mode=0o700)
             old = current_stat(self.path)
             if old is not None:
+                import shutil  # here: with bz2 and lzma, 0.6 MiB that only this path needs
+
                 shutil.copy2(self.path, target)
             if add:
                 await self._add_files(values, list(add), conf)

@@ -33,6 +33,7 @@ from espm.keystore.tool_writer import WORK_PREFIX, ToolWriter
 from espm.keystore.writer import KeystoreWriter, UpdateError, sha256_file
 from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import StartupSignals
+from espm.system import heap
 
 log = logging.getLogger("espm.keystore")
 
@@ -101,7 +102,7 @@ class KeystoreUpdater:
         return self._reloader.failures if self._reloader else 0
 
     def status(self) -> dict[str, Any]:
-        from espm.supervisor.process import rfc3339
+        from espm.system.timestamps import rfc3339
 
         return {
             "state": self.board.state.value,
@@ -148,6 +149,8 @@ class KeystoreUpdater:
             log.error("keystore update failed unexpectedly", exc_info=True)
             self.update_failures += 1
             self.board.set(UpdaterState.FAILED, f"{FAILED_UPDATE}unexpected {type(err).__name__}")
+        finally:
+            heap.trim()  # the snapshot, the old and new keystore and their buffers are freed
 
     def start_watching(self) -> None:
         """Watch the directory (inotify) and keep the keystore in line from now on."""

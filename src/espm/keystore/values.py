@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from espm.keystore.files import write_all
+from espm.system.files import write_all
 
 
 def _memfd(value: bytes) -> int | None:

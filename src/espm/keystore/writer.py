@@ -3,13 +3,13 @@ the last step they share: put a complete new file in place of the old one."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from espm.keystore.files import fsync_dir
+from espm.keystore.crypto import sha256
+from espm.system.files import move_into_place
 
 KEYSTORE_NAME = "elasticsearch.keystore"
 # What the tool and the node give a keystore they create: rw-rw----.
@@ -36,11 +36,8 @@ class KeystoreWriter(Protocol):
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(65536):
-            h.update(chunk)
-    return h.hexdigest()
+    # Whole: a keystore is kilobytes (a megabyte at thousands of settings), read whole to write.
+    return sha256(path.read_bytes()).hex()
 
 
 def current_stat(path: Path) -> os.stat_result | None:
@@ -61,13 +58,7 @@ def install(new: Path, path: Path, old: os.stat_result | None) -> None:
     else:
         os.chmod(new, old.st_mode & 0o7777)
         keep_owner(new, old)
-    fd = os.open(new, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(new, path)
-    fsync_dir(path.parent)
+    move_into_place(new, path)
 
 
 def keep_owner(target: Path, old: os.stat_result) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import datetime as dt
 import fnmatch
 import hashlib
 import hmac
@@ -20,7 +19,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from espm.keystore import format as ksf
+from espm.system.timestamps import rfc3339
 
 from .keystore_tool import CORRUPTED, WRONG_PASSWORD, ToolVersion, format_refusal
 
@@ -71,11 +71,6 @@ def _lucene_version(version: ToolVersion) -> str:
 
 def _previous_major(version: ToolVersion) -> str:
     return {6: "5.6.0", 7: "6.8.0", 8: "7.17.0", 9: "8.19.0"}.get(version.major, "8.19.0")
-
-
-def _timestamp(seconds: float) -> str:
-    moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _java_split(path: str) -> list[str]:
@@ -241,7 +236,7 @@ class NodeState:
             node["secure_setting_names"] = names
             node["keystore_path"] = str(self.keystore)
             node["keystore_digest"] = hashlib.sha256(digested).hexdigest()
-            node["keystore_last_modified_time"] = _timestamp(mtime)
+            node["keystore_last_modified_time"] = rfc3339(mtime)
         return node
 
 
@@ -589,6 +584,19 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _StopError
 
 
+def _stop_serving(server: StandinServer) -> Callable[[int, FrameType | None], None]:
+    """SIGTERM while serving: end serve_forever from another thread (it cannot end itself).
+
+    Raising from the handler instead could land inside socketserver's request handling, whose
+    `except Exception` turns it into a logged error: the SIGTERM was then lost.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    return stop
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -658,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         server = StandinServer((options.host, options.port), state, tls)
     except _StopError:
         return 0
+    signal.signal(signal.SIGTERM, _stop_serving(server))
     try:
         port = server.server_address[1]
         if options.port_file is not None:

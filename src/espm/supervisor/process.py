@@ -18,25 +18,21 @@ from espm.supervisor.reaper import Reaper
 from espm.supervisor.signals import ALL_SIGNALS, SignalForwarder, StartupSignals, signal_name
 from espm.supervisor.spawn import SpawnError, spawn
 from espm.supervisor.state import (
+    SIGNALLED,
     Event,
     ProcessState,
     kept_down,
     next_state,
     write_state_file,
 )
+from espm.system.timestamps import rfc3339
 
 if TYPE_CHECKING:
     import asyncio
 
 log = logging.getLogger("espm.process")
 
-# Secrets of the manager's own that the child must not inherit.
 RECORD_RETRY = 1.0  # seconds between two tries to record a state the state file missed
-
-
-def rfc3339(at: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
-    return f"{seconds}.{int(at % 1 * 1000):03d}Z"
 
 
 def checksum(path: Path) -> str | None:
@@ -230,7 +226,7 @@ class ManagedProcess:
 
     def start(self) -> Outcome:
         """Start the process unless one runs; a start while stopping or killing is refused."""
-        if self.state in (ProcessState.STOPPING, ProcessState.KILLING):
+        if self.state in SIGNALLED:
             return Outcome(error=f"cannot start while {self.state.value}")
         if self.running:
             if self.state is not ProcessState.STARTED:
@@ -266,7 +262,7 @@ class ManagedProcess:
 
     def stop(self) -> Outcome:
         """SIGTERM to the group; escalate to SIGKILL after PM_STOP_TIMEOUT if set."""
-        if not self.running or self.state in (ProcessState.STOPPING, ProcessState.KILLING):
+        if not self.running or self.state in SIGNALLED:
             return Outcome()
         pid = self.pid
         assert pid is not None
@@ -326,7 +322,7 @@ class ManagedProcess:
         code = os.waitstatus_to_exitcode(status)
         self.pid = None
         self.exit_code, self.exit_signal = exit_of(status)
-        requested = self.state in (ProcessState.STOPPING, ProcessState.KILLING)
+        requested = self.state in SIGNALLED
         self._move(Event.EXITED)
         how = f"signal {signal_name(self.exit_signal)}" if self.exit_signal else f"exit {code}"
         log.info(

@@ -12,7 +12,6 @@ never be reaped before its owner is known, and never be stolen by another wait.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -33,10 +32,9 @@ ExitCallback = Callable[[int], None]
 
 def set_child_subreaper() -> None:
     """Adopt orphaned descendants, as PID 1 does, so they can be reaped here."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    from espm.system.libc import checked, libc
+
+    checked(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
 
 
 class Reaper:

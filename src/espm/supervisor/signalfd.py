@@ -13,12 +13,12 @@ import os
 import struct
 from collections.abc import Iterable
 
+from espm.system.libc import checked, libc
+
 SFD_NONBLOCK = os.O_NONBLOCK
 SFD_CLOEXEC = os.O_CLOEXEC
 _RECORD = 128  # sizeof(struct signalfd_siginfo)
 _HEAD = struct.Struct("=IiiII")  # ssi_signo, ssi_errno, ssi_code, ssi_pid, ssi_uid
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _SigSet(ctypes.Structure):
@@ -28,14 +28,10 @@ class _SigSet(ctypes.Structure):
 def open_signalfd(signals: Iterable[int]) -> int:
     """A non-blocking, close-on-exec fd that yields the given (blocked) signals."""
     mask = _SigSet()
-    _libc.sigemptyset(ctypes.byref(mask))
+    libc.sigemptyset(ctypes.byref(mask))
     for signum in signals:
-        _libc.sigaddset(ctypes.byref(mask), signum)
-    fd = int(_libc.signalfd(-1, ctypes.byref(mask), SFD_NONBLOCK | SFD_CLOEXEC))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return fd
+        libc.sigaddset(ctypes.byref(mask), signum)
+    return checked(libc.signalfd(-1, ctypes.byref(mask), SFD_NONBLOCK | SFD_CLOEXEC))
 
 
 def read_signals(fd: int) -> list[tuple[int, int]]:

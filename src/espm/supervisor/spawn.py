@@ -7,19 +7,17 @@ manager has a single thread, so the child may run Python code until it execs.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import signal
 from collections.abc import Mapping, Sequence
 
 from espm.supervisor.signals import FORWARDED
+from espm.system.libc import checked, libc
 
 PR_SET_PDEATHSIG = 1
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SpawnError(Exception):
@@ -75,9 +73,7 @@ def _child(
     code = errno.EINVAL
     try:
         os.setpgid(0, 0)
-        if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, "prctl")
+        checked(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
         if os.getppid() != parent:
             os._exit(EXIT_NOT_EXECUTABLE)  # the manager died before the prctl took effect
         for signum in FORWARDED:

@@ -3,19 +3,21 @@
 Rules of this module:
 - `TRANSITIONS[state][event]` is the next state; a move that is not in the table raises
   `IllegalTransition` naming both, so a bug shows as an error instead of a wrong status.
-- Pure: nothing here touches a process. The state file is written atomically (temporary file,
-  fsync, rename, fsync of the folder) so a crash leaves the old or the new state, never half.
+- Pure: nothing here touches a process. The state file is written atomically
+  (`espm.system.files`: temporary file, fsync, rename, fsync of the folder) so a crash leaves the
+  old or the new state, never half.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import json
 import os
 import stat
 from pathlib import Path
+
+from espm.system.files import replace_atomically
 
 
 class ProcessState(enum.StrEnum):
@@ -197,23 +199,6 @@ def remove_stale_temporaries(path: Path) -> None:
 
 def write_state_file(path: Path, state: ProcessState, since: str) -> None:
     """Record `state` at `path` atomically: a reader sees the old or the new state."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = json.dumps({"state": state.value, "since": since}).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # a full disk must not keep a temporary behind
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    # `.NAME.<pid>.tmp`: the name remove_stale_temporaries looks for after a crash.
+    replace_atomically(path, data, 0o644, tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp"))

@@ -5,7 +5,7 @@
 - `KeystoreSetup`: the source folder, the config folder holding the keystore, the wrapper script
   standing in for `elasticsearch-keystore` (it sources `tool.env` when that file exists, so a test
   can switch failures on and off while the manager runs), and its invocation log.
-- A CA and a server certificate for the stand-in Elasticsearch, and a launcher for it.
+- The environment that points a manager's reloads at a stand-in Elasticsearch (tests/standin_es.py).
 """
 
 from __future__ import annotations
@@ -21,15 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from espm.standins.keystore_tool import parse_keystore
 from espm.standins.secret import SecretVolume
-from tests.certs import CA
-from tests.conftest import PYTHON, base_env, free_port
+from tests.conftest import PYTHON, base_env
+from tests.standin_es import ES_PASSWORD, ES_USER, Pki, StandinEs
 
-ES_USER = "elastic"
-ES_PASSWORD = "pw-Zq8xK3vLq9-es"  # distinctive, so a leak is easy to find
 KEYSTORE = "elasticsearch.keystore"
 WORK_PREFIX = ".espm-keystore-"
 STANDIN_VERSION = "8.12.1"
@@ -203,128 +199,7 @@ def wait_runs(ks: KeystoreSetup, count: int, timeout: float = 10) -> list[list[s
         time.sleep(0.01)
 
 
-# --- TLS and the stand-in Elasticsearch ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    ca_folder: Path
-    cert: Path
-    key: Path
-
-
-def make_pki(folder: Path) -> Pki:
-    ca = CA(folder / "issuer", "espm test CA")
-    # Named for another host on purpose: the chain is checked, the host name is not.
-    node = ca.issue("es-node-0", dns=("es-node-0.example",), ips=("10.0.0.7",))
-    pki = Pki(folder / "ca.pem", folder / "cas", node.cert, node.key)
-    pki.ca.write_bytes(ca.path.read_bytes())
-    pki.ca_folder.mkdir()
-    (pki.ca_folder / "ca.crt").write_bytes(ca.path.read_bytes())
-    (pki.ca_folder / "README").write_text("not a certificate\n")
-    return pki
-
-
-@dataclass
-class Es:
-    """A stand-in Elasticsearch (maybe not started yet) on a fixed port."""
-
-    folder: Path
-    port: int
-    args: list[str]
-    ca: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def mode(self, text: str) -> None:
-        tmp = self.folder / "mode.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.folder / "mode")
-
-    def start(self, wait: bool = True) -> Es:
-        port_file = self.folder / "port"
-        with (self.folder / "stderr").open("ab") as stderr:
-            self.process = subprocess.Popen(
-                [PYTHON, "-m", "espm.standins.elasticsearch", *self.args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        if wait:
-            deadline = time.monotonic() + 10
-            while not port_file.exists():
-                if self.process.poll() is not None:
-                    pytest.fail(f"stand-in ES exited: {(self.folder / 'stderr').read_text()}")
-                if time.monotonic() > deadline:
-                    pytest.fail("stand-in ES did not listen within 10 s")
-                time.sleep(0.01)
-        return self
-
-    def stats(self) -> dict[str, Any]:
-        import http.client
-        import ssl
-
-        context = ssl.create_default_context(cafile=str(self.ca))
-        context.check_hostname = False
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=10)
-        try:
-            conn.request("GET", "/_standin/stats")
-            answer = conn.getresponse()
-            doc: dict[str, Any] = json.loads(answer.read())
-        finally:
-            conn.close()
-        return doc
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-class EsLauncher:
-    """Makes stand-in Elasticsearch servers on free ports; `stop_all` ends them."""
-
-    def __init__(self, folder: Path, pki: Pki) -> None:
-        self.folder = folder
-        self.pki = pki
-        self.made: list[Es] = []
-
-    def __call__(self, *extra: str, keystore: Path, start: bool = True, version: str = "8.15.0") -> Es:
-        folder = self.folder / f"es{len(self.made)}"
-        folder.mkdir()
-        port = free_port()
-        args = [
-            "--port", str(port),
-            "--port-file", str(folder / "port"),
-            "--mode-file", str(folder / "mode"),
-            "--cert", str(self.pki.cert),
-            "--key", str(self.pki.key),
-            "--user", ES_USER,
-            "--password", ES_PASSWORD,
-            "--keystore", str(keystore),
-            "--version", version,
-            *extra,
-        ]  # fmt: skip
-        es = Es(folder, port, args, self.pki.ca)
-        self.made.append(es)
-        if start:
-            es.start()
-        return es
-
-    def stop_all(self) -> None:
-        for es in self.made:
-            es.stop()
-
-
-def reload_env(ks: KeystoreSetup, es: Es, pki: Pki, **extra: str) -> dict[str, str]:
+def reload_env(ks: KeystoreSetup, es: StandinEs, pki: Pki, **extra: str) -> dict[str, str]:
     env = {
         "KEYSTORE_RELOAD_CREDENTIALS": "true",
         "KEYSTORE_ES_ENDPOINT": es.endpoint,
