@@ -61,9 +61,17 @@ class Answer:
 
     def json(self) -> Any:
         try:
-            return json.loads(self.body)
+            return _loads(self.body)
         except ValueError:
             return None
+
+
+def _loads(body: bytes) -> Any:
+    """JSON from Elasticsearch; nesting too deep for the parser is a ValueError like any bad JSON."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def ca_files(ca_path: Path) -> list[Path]:
@@ -380,7 +388,7 @@ def _kind(value: Any) -> str:
 
 def _check(answer: Answer, request: str, fault: Any) -> None:
     try:
-        doc = json.loads(answer.body)
+        doc = _loads(answer.body)
     except ValueError:
         raise UnexpectedAnswer(f"unexpected answer to {request}: HTTP 200 without JSON") from None
     problem = fault(doc)

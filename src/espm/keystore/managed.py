@@ -19,7 +19,7 @@ def read_managed(path: Path) -> tuple[set[str], str | None]:
         names = json.loads(path.read_bytes())
     except FileNotFoundError:
         return set(), None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # deep nesting: RecursionError
         return set(), f"cannot read {path} ({err}): removed secrets may stay in the keystore"
     if not isinstance(names, list):
         return set(), f"cannot read {path} (not a JSON list): removed secrets may stay in the keystore"
