@@ -318,11 +318,19 @@ def measure_espm(count: int, rounds: int, ctx: Context) -> list[dict[str, Any]]:
                     return None
 
                 wait_for(settled, 30, "espm's first keystore build and reload", interval=0.02)
+
+                def caught_up() -> dict[str, Any] | None:
+                    s = espm_status(api_port)
+                    return s if s["reloads"] == s["updates"] and s["state"] == "running" else None
+
                 out: list[dict[str, Any]] = []
                 for i in range(rounds):
                     if i:  # put the extra setting back (not measured)
                         change(folders, es, {**current, EXTRA: f"extra-{i}".encode()}, None, 30)
-                    before = espm_status(api_port)
+                    # The stand-in counts a reload before espm has recorded its answer: wait
+                    # until espm's own count caught up (one reload per update), or the
+                    # previous change's reload would be counted in this one.
+                    before = wait_for(caught_up, 30, "espm to record the last reload", interval=0.02)
                     current = new_values(names, i + 1)
                     one = change(folders, es, current, EXTRA, 30)
                     time.sleep(0.2)  # anything after the reload would show in the status
