@@ -139,6 +139,14 @@ class KeystoreSetup:
         return sorted(p.name for p in self.conf.iterdir() if p.name.startswith(WORK_PREFIX))
 
 
+def start(espm: Any, env: dict[str, str], command: list[str] | None = None, **kwargs: Any) -> Any:
+    """A manager whose first build is done and whose watch is on (the API comes up before)."""
+    manager = espm(command or CHILD, env=env, **kwargs)
+    manager.wait_api()
+    manager.wait_log("watching .* for changes")
+    return manager
+
+
 def shm_files_holding(needle: bytes) -> list[Path]:
     """Files under /dev/shm (the pod's shared tmpfs) whose bytes hold `needle`."""
     found = []

@@ -30,6 +30,7 @@ from tests.keystore_fixtures import (
     pairs_of,
     reload_env,
     shm_files_holding,
+    start,
     status,
     wait_state,
     wait_status,
@@ -45,14 +46,6 @@ RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 @pytest.fixture
 def ks(tmp_path: Path) -> KeystoreSetup:
     return KeystoreSetup(tmp_path)
-
-
-def start(espm: Any, env: dict[str, str], command: list[str] | None = None) -> Any:
-    """A manager whose first build is done and whose watch is on (the API comes up before)."""
-    manager = espm(command or CHILD, env=env)
-    manager.wait_api()
-    manager.wait_log("watching .* for changes")
-    return manager
 
 
 def inotify_watches(pid: int) -> set[int]:

@@ -25,6 +25,7 @@ from tests.keystore_fixtures import (
     KEYSTORE,
     KeystoreSetup,
     shm_files_holding,
+    start,
     status,
     wait_state,
     wait_status,
@@ -37,13 +38,6 @@ HOLD = 'if [ -n "$HOLD_TOOL" ]; then : > "{marker}"; while [ ! -e "{release}" ];
 @pytest.fixture
 def ks(tmp_path: Path) -> KeystoreSetup:
     return KeystoreSetup(tmp_path)
-
-
-def start(espm: Any, env: dict[str, str], **kwargs: Any) -> Any:
-    manager = espm(CHILD, env=env, **kwargs)
-    manager.wait_api()
-    manager.wait_log("watching .* for changes")
-    return manager
 
 
 def parent_of(pid: int) -> int | None:

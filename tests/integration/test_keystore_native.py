@@ -27,6 +27,7 @@ from tests.keystore_fixtures import (
     KeystoreSetup,
     reload_env,
     shm_files_holding,
+    start,
     status,
     wait_state,
     wait_status,
@@ -49,13 +50,6 @@ KS_PASSWORD = "ks-pw-Lr4v-keystore"
 @pytest.fixture
 def ks(tmp_path: Path) -> KeystoreSetup:
     return KeystoreSetup(tmp_path)
-
-
-def start(espm: Any, env: dict[str, str], **kwargs: Any) -> Any:
-    manager = espm(CHILD, env=env, **kwargs)
-    manager.wait_api()
-    manager.wait_log("watching .* for changes")
-    return manager
 
 
 def entries(path: Path, password: str = "") -> list[tuple[str, bytes]]:
