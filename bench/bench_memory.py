@@ -16,6 +16,7 @@ the same run.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -23,7 +24,10 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness import (
     PYTHON,
@@ -42,6 +46,9 @@ from harness import (
     proc_status,
     wait_for,
 )
+
+if TYPE_CHECKING:
+    from espm.standins.secret import SecretVolume
 
 NAME = "memory"
 IDLE = 1.0
@@ -112,99 +119,116 @@ def _get(conn: http.client.HTTPSConnection, path: str) -> tuple[int, bytes]:
     return answer.status, answer.read()
 
 
-def _loaded(ctx: Context) -> dict[str, int]:
-    """espm with everything on, after REQUESTS requests and UPDATES updates."""
+@dataclass
+class Pod:
+    """A running espm with everything on, over the stand-in Elasticsearch and a Secret folder."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    ca_path: Path
+    secrets: SecretVolume
+
+
+@contextlib.contextmanager
+def everything_on(root: Path, profiler: bool = False) -> Iterator[Pod]:
+    """espm with HTTPS, the updater reloading over HTTPS, metrics and vars (and the profiler when
+    asked), listening; both processes are killed on the way out. Shared with memory_soak.py."""
     from espm.standins.secret import SecretVolume
     from tests.certs import CA
 
-    with tempfile.TemporaryDirectory(prefix="espm-bench-memory-") as tmp:
-        root = Path(tmp)
-        ca = CA(root / "ca", "bench-ca")
-        api_cert = ca.issue("espm")
-        es_cert = ca.issue("es-node")
-        secrets = SecretVolume(root / "secrets")
-        conf = root / "config"
-        conf.mkdir()
-        tool = root / "elasticsearch-keystore"
-        tool.write_text(f'#!/bin/sh\nexec "{PYTHON}" -m espm.standins.keystore_tool "$@"\n')
-        tool.chmod(0o755)
-        keystore = conf / "elasticsearch.keystore"
-        secrets.write({"s3.client.default.access_key": "a0", "s3.client.default.secret_key": "s0"})
-        es_port = free_port()
-        es = subprocess.Popen(
-            [PYTHON, "-m", "espm.standins.elasticsearch", "--port", str(es_port), "--cert",
-             str(es_cert.cert), "--key", str(es_cert.key), "--user", ES_USER, "--password",
-             ES_PASSWORD, "--keystore", str(keystore)],
-            env=espm_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        port = free_port()
-        env = espm_env(
-            PM_HTTP_PORT=str(port),
-            PM_TLS="true",
-            PM_CERT_PATH=str(api_cert.cert),
-            PM_KEY_PATH=str(api_cert.key),
-            PM_METRICS="true",
-            PM_EXP_VARS="true",
-            PM_KEYSTORE_UPDATER="true",
-            KEYSTORE_SOURCE_DIR=str(secrets.path),
-            KEYSTORE_BINARY=str(tool),
-            KEYSTORE_PATH=str(keystore),
-            KEYSTORE_RELOAD_CREDENTIALS="true",
-            KEYSTORE_ES_ENDPOINT=f"https://127.0.0.1:{es_port}",
-            KEYSTORE_ES_USERNAME=ES_USER,
-            KEYSTORE_ES_PASSWORD=ES_PASSWORD,
-            KEYSTORE_ES_CA_CERTS_PATH=str(ca.path),
-        )
-        proc = subprocess.Popen(
-            manager_argv("espm", CHILD, False),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_for(lambda: proc.poll() is not None or listening(port), 15, f"port {port}")
+    ca = CA(root / "ca", "bench-ca")
+    api_cert = ca.issue("espm")
+    es_cert = ca.issue("es-node")
+    secrets = SecretVolume(root / "secrets")
+    conf = root / "config"
+    conf.mkdir()
+    tool = root / "elasticsearch-keystore"
+    tool.write_text(f'#!/bin/sh\nexec "{PYTHON}" -m espm.standins.keystore_tool "$@"\n')
+    tool.chmod(0o755)
+    keystore = conf / "elasticsearch.keystore"
+    secrets.write({"s3.client.default.access_key": "a0", "s3.client.default.secret_key": "s0"})
+    es_port = free_port()
+    es = subprocess.Popen(
+        [PYTHON, "-m", "espm.standins.elasticsearch", "--port", str(es_port), "--cert",
+         str(es_cert.cert), "--key", str(es_cert.key), "--user", ES_USER, "--password",
+         ES_PASSWORD, "--keystore", str(keystore)],
+        env=espm_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    port = free_port()
+    env = espm_env(
+        PM_HTTP_PORT=str(port),
+        PM_TLS="true",
+        PM_CERT_PATH=str(api_cert.cert),
+        PM_KEY_PATH=str(api_cert.key),
+        PM_METRICS="true",
+        PM_EXP_VARS="true",
+        PM_PROFILER="true" if profiler else "false",
+        PM_KEYSTORE_UPDATER="true",
+        KEYSTORE_SOURCE_DIR=str(secrets.path),
+        KEYSTORE_BINARY=str(tool),
+        KEYSTORE_PATH=str(keystore),
+        KEYSTORE_RELOAD_CREDENTIALS="true",
+        KEYSTORE_ES_ENDPOINT=f"https://127.0.0.1:{es_port}",
+        KEYSTORE_ES_USERNAME=ES_USER,
+        KEYSTORE_ES_PASSWORD=ES_PASSWORD,
+        KEYSTORE_ES_CA_CERTS_PATH=str(ca.path),
+    )
+    proc = subprocess.Popen(
+        manager_argv("espm", CHILD, False),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: proc.poll() is not None or listening(port), 15, f"port {port}")
+        yield Pod(proc, port, ca.path, secrets)
+    finally:
+        kill_tree(proc)
+        kill_tree(es)
 
-            def keystore_status() -> dict[str, int | str]:
-                conn = _https(port, ca.path)
-                try:
-                    doc: dict[str, int | str] = json.loads(_get(conn, "/keystore/status")[1])
-                    return doc
-                finally:
-                    conn.close()
 
-            def reloaded(count: int) -> bool:
-                if proc.poll() is not None:
-                    raise BenchError(f"espm exited with {proc.returncode}")
-                doc = keystore_status()
-                return int(doc["reloads"]) >= count and doc["state"] == "running"
+def _loaded(ctx: Context) -> dict[str, int]:
+    """espm with everything on, after REQUESTS requests and UPDATES updates."""
+    with tempfile.TemporaryDirectory(prefix="espm-bench-memory-") as tmp, everything_on(Path(tmp)) as pod:
 
-            wait_for(lambda: reloaded(1), 30, "the first build and reload", interval=0.05)
-            codes: dict[int, int] = {}
-            for i in range(0, REQUESTS, PER_CONNECTION):
-                conn = _https(port, ca.path)
-                for j in range(PER_CONNECTION):
-                    status, _ = _get(conn, PATHS[(i + j) % len(PATHS)])
-                    codes[status] = codes.get(status, 0) + 1
+        def keystore_status() -> dict[str, int | str]:
+            conn = _https(pod.port, pod.ca_path)
+            try:
+                doc: dict[str, int | str] = json.loads(_get(conn, "/keystore/status")[1])
+                return doc
+            finally:
                 conn.close()
-            for n in range(UPDATES):
-                secrets.write(
-                    {"s3.client.default.access_key": f"a{n + 1}", "s3.client.default.secret_key": f"s{n}"}
-                )
-                wait_for(lambda n=n: reloaded(n + 2), 30, f"update {n + 1}", interval=0.05)  # type: ignore[misc]
-            time.sleep(IDLE)
-            status = proc_status(proc.pid)
-            ctx.log(f"  everything on: answers {codes}; {keystore_status()['updates']} updates")
-            return {
-                "VmRSS": kib(status["VmRSS"]),
-                "VmHWM": kib(status["VmHWM"]),
-                "threads": int(status["Threads"]),
-            }
-        finally:
-            kill_tree(proc)
-            kill_tree(es)
+
+        def reloaded(count: int) -> bool:
+            if pod.proc.poll() is not None:
+                raise BenchError(f"espm exited with {pod.proc.returncode}")
+            doc = keystore_status()
+            return int(doc["reloads"]) >= count and doc["state"] == "running"
+
+        wait_for(lambda: reloaded(1), 30, "the first build and reload", interval=0.05)
+        codes: dict[int, int] = {}
+        for i in range(0, REQUESTS, PER_CONNECTION):
+            conn = _https(pod.port, pod.ca_path)
+            for j in range(PER_CONNECTION):
+                status, _ = _get(conn, PATHS[(i + j) % len(PATHS)])
+                codes[status] = codes.get(status, 0) + 1
+            conn.close()
+        for n in range(UPDATES):
+            pod.secrets.write(
+                {"s3.client.default.access_key": f"a{n + 1}", "s3.client.default.secret_key": f"s{n}"}
+            )
+            wait_for(lambda n=n: reloaded(n + 2), 30, f"update {n + 1}", interval=0.05)  # type: ignore[misc]
+        time.sleep(IDLE)
+        status = proc_status(pod.proc.pid)
+        ctx.log(f"  everything on: answers {codes}; {keystore_status()['updates']} updates")
+        return {
+            "VmRSS": kib(status["VmRSS"]),
+            "VmHWM": kib(status["VmHWM"]),
+            "threads": int(status["Threads"]),
+        }
 
 
 def run(ctx: Context) -> Result:

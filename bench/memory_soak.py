@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,15 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_memory import CHILD, ES_PASSWORD, ES_USER, PATHS, PER_CONNECTION, _get, _https
+from bench_memory import PATHS, PER_CONNECTION, _get, _https, everything_on
 from harness import (
-    PYTHON,
-    espm_env,
-    free_port,
     kib,
-    kill_tree,
-    listening,
-    manager_argv,
     proc_status,
     wait_for,
 )
@@ -76,105 +69,67 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
 
-    from espm.standins.secret import SecretVolume
-    from tests.certs import CA
-
-    with tempfile.TemporaryDirectory(prefix="espm-memory-soak-") as tmp:
-        root = Path(tmp)
-        ca = CA(root / "ca", "bench-ca")
-        api_cert, es_cert = ca.issue("espm"), ca.issue("es-node")
-        secrets = SecretVolume(root / "secrets")
-        conf = root / "config"
-        conf.mkdir()
-        tool = root / "elasticsearch-keystore"
-        tool.write_text(f'#!/bin/sh\nexec "{PYTHON}" -m espm.standins.keystore_tool "$@"\n')
-        tool.chmod(0o755)
-        keystore = conf / "elasticsearch.keystore"
-        secrets.write({"s3.client.default.access_key": "a0", "s3.client.default.secret_key": "s0"})
-        es_port, port = free_port(), free_port()
-        es = subprocess.Popen(
-            [PYTHON, "-m", "espm.standins.elasticsearch", "--port", str(es_port), "--cert",
-             str(es_cert.cert), "--key", str(es_cert.key), "--user", ES_USER, "--password",
-             ES_PASSWORD, "--keystore", str(keystore)],
-            env=espm_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        env = espm_env(
-            PM_HTTP_PORT=str(port), PM_TLS="true", PM_CERT_PATH=str(api_cert.cert),
-            PM_KEY_PATH=str(api_cert.key), PM_METRICS="true", PM_EXP_VARS="true",
-            PM_PROFILER="true" if args.profiler else "false", PM_KEYSTORE_UPDATER="true",
-            KEYSTORE_SOURCE_DIR=str(secrets.path), KEYSTORE_BINARY=str(tool),
-            KEYSTORE_PATH=str(keystore), KEYSTORE_RELOAD_CREDENTIALS="true",
-            KEYSTORE_ES_ENDPOINT=f"https://127.0.0.1:{es_port}", KEYSTORE_ES_USERNAME=ES_USER,
-            KEYSTORE_ES_PASSWORD=ES_PASSWORD, KEYSTORE_ES_CA_CERTS_PATH=str(ca.path),
-        )  # fmt: skip
-        proc = subprocess.Popen(
-            manager_argv("espm", CHILD, False), env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="espm-memory-soak-") as tmp,
+        everything_on(Path(tmp), profiler=args.profiler) as pod,
+    ):
+        proc, port, ca_path, secrets = pod.proc, pod.port, pod.ca_path, pod.secrets
         samples: list[tuple[float, float]] = []
         codes: dict[int, int] = {}
         heaps: list[dict[str, int]] = []
         updates = cycles = 0
-        try:
-            wait_for(lambda: proc.poll() is not None or listening(port), 15, f"port {port}")
-            start = time.monotonic()
-            end = start + args.minutes * 60
-            next_sample = start
-            next_update = start + UPDATE_EVERY
-            next_cycle = start + CYCLE_EVERY
-            i = 0
-            while time.monotonic() < end:
-                if proc.poll() is not None:
-                    raise SystemExit(f"espm exited with {proc.returncode}")
-                now = time.monotonic()
-                if now >= next_sample:
-                    rss = kib(proc_status(proc.pid)["VmRSS"]) / 1024
-                    samples.append((round(now - start, 1), rss))
-                    print(f"  t={now - start:6.0f}s RSS {rss:.2f} MiB", flush=True)
-                    if args.profiler and (not heaps and now - start >= args.warmup):
-                        heaps.append(_heap(port, ca.path))
-                    next_sample += args.interval
-                if now >= next_update:
-                    updates += 1
-                    secrets.write(
-                        {"s3.client.default.access_key": f"a{updates}", "s3.client.default.secret_key": "s"}
-                    )
-                    next_update += UPDATE_EVERY
-                conn = _https(port, ca.path)
-                for j in range(PER_CONNECTION):
-                    if now >= next_cycle and j == 0:
-                        cycles += 1
-                        next_cycle += CYCLE_EVERY
-                        for action in ("stop", "start"):
-                            conn.request("POST", f"/es/{action}")
-                            answer = conn.getresponse()
-                            answer.read()
-                            codes[answer.status] = codes.get(answer.status, 0) + 1
-                    status, _ = _get(conn, PATHS[(i + j) % len(PATHS)])
-                    codes[status] = codes.get(status, 0) + 1
-                conn.close()
-                i += PER_CONNECTION
-                time.sleep(0.5)
-            rss = kib(proc_status(proc.pid)["VmRSS"]) / 1024
-            samples.append((round(time.monotonic() - start, 1), rss))
-            # Then idle, as bench_memory measures: the load stops, one more update is made and
-            # reloaded, and RSS is read a second later.
-            updates += 1
-            secrets.write(
-                {"s3.client.default.access_key": f"a{updates}", "s3.client.default.secret_key": "s"}
-            )
-            wait_for(lambda: _reloads(port, ca.path) >= updates + 1, 30, "the last reload", interval=0.2)
-            time.sleep(1.0)
-            idle = kib(proc_status(proc.pid)["VmRSS"]) / 1024
-            if args.profiler:
-                heaps.append(_heap(port, ca.path))
-            conn = _https(port, ca.path)
-            keystore_doc = json.loads(_get(conn, "/keystore/status")[1])
+        start = time.monotonic()
+        end = start + args.minutes * 60
+        next_sample = start
+        next_update = start + UPDATE_EVERY
+        next_cycle = start + CYCLE_EVERY
+        i = 0
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                raise SystemExit(f"espm exited with {proc.returncode}")
+            now = time.monotonic()
+            if now >= next_sample:
+                rss = kib(proc_status(proc.pid)["VmRSS"]) / 1024
+                samples.append((round(now - start, 1), rss))
+                print(f"  t={now - start:6.0f}s RSS {rss:.2f} MiB", flush=True)
+                if args.profiler and (not heaps and now - start >= args.warmup):
+                    heaps.append(_heap(port, ca_path))
+                next_sample += args.interval
+            if now >= next_update:
+                updates += 1
+                secrets.write(
+                    {"s3.client.default.access_key": f"a{updates}", "s3.client.default.secret_key": "s"}
+                )
+                next_update += UPDATE_EVERY
+            conn = _https(port, ca_path)
+            for j in range(PER_CONNECTION):
+                if now >= next_cycle and j == 0:
+                    cycles += 1
+                    next_cycle += CYCLE_EVERY
+                    for action in ("stop", "start"):
+                        conn.request("POST", f"/es/{action}")
+                        answer = conn.getresponse()
+                        answer.read()
+                        codes[answer.status] = codes.get(answer.status, 0) + 1
+                status, _ = _get(conn, PATHS[(i + j) % len(PATHS)])
+                codes[status] = codes.get(status, 0) + 1
             conn.close()
-        finally:
-            kill_tree(proc)
-            kill_tree(es)
+            i += PER_CONNECTION
+            time.sleep(0.5)
+        rss = kib(proc_status(proc.pid)["VmRSS"]) / 1024
+        samples.append((round(time.monotonic() - start, 1), rss))
+        # Then idle, as bench_memory measures: the load stops, one more update is made and
+        # reloaded, and RSS is read a second later.
+        updates += 1
+        secrets.write({"s3.client.default.access_key": f"a{updates}", "s3.client.default.secret_key": "s"})
+        wait_for(lambda: _reloads(port, ca_path) >= updates + 1, 30, "the last reload", interval=0.2)
+        time.sleep(1.0)
+        idle = kib(proc_status(proc.pid)["VmRSS"]) / 1024
+        if args.profiler:
+            heaps.append(_heap(port, ca_path))
+        conn = _https(port, ca_path)
+        keystore_doc = json.loads(_get(conn, "/keystore/status")[1])
+        conn.close()
     warm = [rss for t, rss in samples if t >= args.warmup] or [samples[-1][1]]
     done = f"{keystore_doc.get('updates')} updates, {keystore_doc.get('reloads')} reloads"
     print(f"answers {codes}; {updates} Secret updates, {cycles} stop/start cycles; keystore: {done}")
