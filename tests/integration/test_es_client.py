@@ -183,21 +183,28 @@ MANAGER_FAULTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(MANAGER_FAULTS))
-def test_the_status_and_readiness_name_the_fault(espm, pki, tmp_path, name) -> None:
-    from tests.keystore_fixtures import KeystoreSetup, status
+def _updater_env(tmp_path: Path, es: FaultyEs, pki: dict[str, Path]) -> dict[str, str]:
+    """A Secret folder with one setting and an updater that reloads through `es`."""
+    from tests.keystore_fixtures import KeystoreSetup
 
-    fault, cert, text = MANAGER_FAULTS[name]
-    es = FaultyEs(fault, pki[cert] if cert else None)
     ks = KeystoreSetup(tmp_path)
     ks.secrets.write({"a": "1"})
-    env = ks.env(
+    return ks.env(
         KEYSTORE_RELOAD_CREDENTIALS="true",
         KEYSTORE_ES_ENDPOINT=es.endpoint,
         KEYSTORE_ES_USERNAME="elastic",
         KEYSTORE_ES_PASSWORD="pw",
         KEYSTORE_ES_CA_CERTS_PATH=str(pki["ca"]),
     )
+
+
+@pytest.mark.parametrize("name", list(MANAGER_FAULTS))
+def test_the_status_and_readiness_name_the_fault(espm, pki, tmp_path, name) -> None:
+    from tests.keystore_fixtures import status
+
+    fault, cert, text = MANAGER_FAULTS[name]
+    es = FaultyEs(fault, pki[cert] if cert else None)
+    env = _updater_env(tmp_path, es, pki)
     try:
         m = espm(["sleep", "600"], env=env)
         m.wait_api()
@@ -234,18 +241,10 @@ def test_readiness_answers_within_a_kubelet_timeout_when_elasticsearch_never_ans
 def test_an_unexpected_reload_answer_fails_the_reload_with_a_reason_not_a_traceback(
     espm, pki, tmp_path
 ) -> None:
-    from tests.keystore_fixtures import KeystoreSetup, status
+    from tests.keystore_fixtures import status
 
     es = FaultyEs('reload-json:{"_nodes": {"failed": 1, "failures": 5}}', pki["good"])
-    ks = KeystoreSetup(tmp_path)
-    ks.secrets.write({"a": "1"})
-    env = ks.env(
-        KEYSTORE_RELOAD_CREDENTIALS="true",
-        KEYSTORE_ES_ENDPOINT=es.endpoint,
-        KEYSTORE_ES_USERNAME="elastic",
-        KEYSTORE_ES_PASSWORD="pw",
-        KEYSTORE_ES_CA_CERTS_PATH=str(pki["ca"]),
-    )
+    env = _updater_env(tmp_path, es, pki)
     try:
         m = espm(["sleep", "600"], env=env)
         m.wait_api()
