@@ -22,6 +22,13 @@ import pytest
 
 from tests.proctree import children, descendants, proc_state  # noqa: F401 (re-exported)
 
+# Bytecode caching on, whatever PYTHONDONTWRITEBYTECODE says (the CI machine sets it to 1): without
+# it every pytest worker rewrites and compiles every test module again (about 1.5 s of CPU each),
+# and every stand-in and tool the tests start compiles its modules again at each start. Only
+# __pycache__ folders are written; what a test proves does not change.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 PYTHON = sys.executable
 

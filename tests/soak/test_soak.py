@@ -259,6 +259,7 @@ def test_fault_proxy_modes_misbehave_as_named(pki: dict[str, tuple[Path, Path]])
 # -- the soak itself --------------------------------------------------------------------------
 
 
+@pytest.mark.soak
 @pytest.mark.timeout(420)
 def test_soak_60_seconds(tmp_path: Path) -> None:
     """The CI soak: 60 s of everything at once; every check must pass (the output says which did not)."""
