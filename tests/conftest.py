@@ -238,15 +238,19 @@ def espm() -> Iterator[Any]:
         assert not [line for line in raw if "Traceback" in line or "Exception in callback" in line], raw
 
 
-def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.01) -> Any:
+def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.005) -> Any:
+    """The first true value of `predicate()`, polled from every `interval` s up to every 0.1 s
+    (a poll that asks the manager costs it CPU too: four workers share two cores)."""
     deadline = time.monotonic() + timeout
+    pause, cap = interval, max(interval, 0.1)
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+        time.sleep(pause)
+        pause = min(pause * 1.5, cap)
 
 
 @pytest.fixture(scope="session")

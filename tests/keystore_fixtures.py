@@ -179,13 +179,15 @@ def status(manager: Any) -> dict[str, Any]:
 def wait_status(manager: Any, predicate: Any, timeout: float = 10) -> dict[str, Any]:
     """Poll GET /keystore/status until `predicate(status)` holds."""
     deadline = time.monotonic() + timeout
+    pause = 0.005
     while True:
         doc = status(manager)
         if predicate(doc):
             return doc
         if time.monotonic() > deadline:
             raise AssertionError(f"keystore status never matched within {timeout}s; last: {doc}")
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.1)
 
 
 def wait_state(manager: Any, state: str, reason: str | None = None, timeout: float = 10) -> dict[str, Any]:
