@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from espm.keystore import crypto
 from espm.keystore import format as ksf
 from espm.standins.secret import SecretVolume
 from tests import keystore_reference as ref
@@ -143,6 +147,41 @@ def test_sync_exit_codes(tmp_path: Path) -> None:
     assert keystore.read_bytes() == b"garbage"
     assert sync(tmp_path / "nope", keystore).returncode == 1
     assert run("keystore", "sync", "--bogus").returncode == 2
+
+
+def _without_libcrypto(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`espm *args` in a mount namespace where every libcrypto shared object reads as empty."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a mount namespace")
+    folders = {Path(p).resolve().parent for p in (crypto.libcrypto_path(), "/usr/lib/x86_64-linux-gnu")}
+    hidden = sorted({str(f.resolve()) for d in folders if d.is_dir() for f in d.glob("libcrypto.so*")})
+    mounts = " && ".join(f"mount --bind /dev/null {shlex.quote(f)}" for f in hidden)
+    argv = ["unshare", "--mount", "sh", "-c", f'{mounts} && exec "$@"', "sh", PYTHON, "-m", "espm", *args]
+    return subprocess.run(argv, env=base_env(**env), capture_output=True, text=True, timeout=30)
+
+
+def test_no_usable_libcrypto_is_one_clear_line_and_nothing_written(tmp_path: Path) -> None:
+    source = tmp_path / "secrets"
+    source.mkdir()
+    (source / "a").write_bytes(b"1")
+    keystore = tmp_path / "elasticsearch.keystore"
+    shutil.copyfile(REAL / V5, keystore)
+    before = keystore.read_bytes()
+    new = tmp_path / "new.keystore"  # to be created: nothing is read before the first write
+    runs = {
+        "list": _without_libcrypto("keystore", "list", str(keystore)),
+        "sync": _without_libcrypto("keystore", "sync", "--source", str(source), "--keystore", str(keystore)),
+        "sync to a new file": _without_libcrypto(
+            "keystore", "sync", "--source", str(source), "--keystore", str(new), KEYSTORE_ES_VERSION="9.0.1"
+        ),
+    }
+    for what, done in runs.items():
+        command = what.split()[0]
+        assert done.returncode == 1, (what, done.stderr)
+        cause = f"espm keystore {command}: AES-GCM needs OpenSSL's libcrypto"
+        assert done.stderr.startswith(cause) and done.stderr.count("\n") == 1, (what, done.stderr)
+    assert keystore.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["elasticsearch.keystore", "secrets"]  # no .managed either
 
 
 # --- status and configuration ------------------------------------------------------------------

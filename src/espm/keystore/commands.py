@@ -54,11 +54,16 @@ def main(argv: Sequence[str]) -> int:
     if run is None:
         print(f"espm keystore: unknown command {command!r} (expected status, list or sync)", file=sys.stderr)
         return EXIT_USAGE
+    from espm.keystore.crypto import CryptoError, CryptoUnavailableError
+
     try:
         return run(args[1:])
     except Failed as err:
         print(f"espm keystore {command}: {err}", file=sys.stderr)
         return err.code
+    except (CryptoUnavailableError, CryptoError) as err:  # no usable libcrypto, or a call failed
+        print(f"espm keystore {command}: {err}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 class _Exit(Failed):
@@ -95,7 +100,7 @@ def list_command(argv: list[str]) -> int:
         description="Print the setting names of a keystore file, sorted, one per line, as "
         "`elasticsearch-keystore list` does (keystore.seed included). Never a value.",
         epilog="exit status: 0 listed; 1 the file cannot be read (missing, not a keystore, a format "
-        "other than 3-7, wrong password, tampered): the cause on stderr; 2 usage.",
+        "other than 3-7, wrong password, tampered) or no usable libcrypto: the cause on stderr; 2 usage.",
     )
     parser.add_argument("path", nargs="?", default=_default("KEYSTORE_PATH"), help="default: KEYSTORE_PATH")
     parser.add_argument(
@@ -142,7 +147,8 @@ def sync_command(argv: list[str]) -> int:
         "of KEYSTORE_ES_VERSION.",
         epilog="exit status: 0 the keystore matches the directory (written, or already in line); "
         "1 failed, the keystore left as it was (an unreadable directory, a keystore that cannot be "
-        "read: not a keystore, a format other than 3-7, wrong password; a write that failed): the "
+        "read: not a keystore, a format other than 3-7, wrong password; a write that failed; no "
+        "usable libcrypto): the "
         "cause on stderr; 2 usage or configuration (bad arguments, a missing keystore without "
         "KEYSTORE_ES_VERSION, or a version before 6.3).",
     )
