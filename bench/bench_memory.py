@@ -241,19 +241,15 @@ def run(ctx: Context) -> Result:
     loaded_mib = loaded["VmRSS"] / 1024
     result.details = {"idle_seconds": IDLE, "kib": figures, "everything_on_kib": loaded}
     result.rows = [
-        Row(
-            "VmRSS idle",
-            "MiB",
-            {m: v["VmRSS"] for m, v in mib.items()},
-            f"espm <= {LIMIT_MIB:g} MiB",
-            mib["espm"]["VmRSS"] <= LIMIT_MIB,
-        ),
-        Row(
-            "VmHWM",
-            "MiB",
-            {m: v["VmHWM"] for m, v in mib.items()},
-            f"espm <= {LIMIT_MIB:g} MiB",
-            mib["espm"]["VmHWM"] <= LIMIT_MIB,
+        *(
+            Row(
+                metric,
+                "MiB",
+                {m: v[key] for m, v in mib.items()},
+                f"espm <= {LIMIT_MIB:g} MiB",
+                mib["espm"][key] <= LIMIT_MIB,
+            )
+            for key, metric in (("VmRSS", "VmRSS idle"), ("VmHWM", "VmHWM"))
         ),
         Row(
             f"VmRSS everything on, {REQUESTS} requests, {UPDATES} updates",
