@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
-import subprocess
 import threading
 import time
 
@@ -29,6 +28,7 @@ from harness import (
     kill_tree,
     listening,
     manager_argv,
+    spawn,
     summary,
     wait_for,
 )
@@ -122,14 +122,7 @@ def run(ctx: Context) -> Result:
     result = Result(NAME)
     port = free_port()
     env = espm_env(PM_HTTP_PORT=str(port))
-    proc = subprocess.Popen(
-        manager_argv("espm", ["sleep", "600"], False),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = spawn(manager_argv("espm", ["sleep", "600"], False), env)
     scenarios: dict[str, dict[str, float]] = {}
     try:
         wait_for(lambda: proc.poll() is not None or listening(port), 15, f"port {port}")

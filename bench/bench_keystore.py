@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import keystore_folders
 from harness import (
     PYTHON,
     BenchError,
@@ -53,61 +54,37 @@ from harness import (
     Result,
     Row,
     espm_env,
-    free_port,
     kill_tree,
     median,
     running,
+    spawn,
     wait_for,
 )
-
-from espm.keystore import format as ksf
-from espm.standins.secret import SecretVolume
+from keystore_folders import EXTRA, TOOL_DELAY, holds, new_values, setting_names
 
 NAME = "keystore"
 SIZES = (1, 10, 100)
 RUNS = 3  # measured changes per size for espm (`--runs keystore=N`)
 ORIGINAL_RUNS = 1  # the original design takes ~70 s at 100 settings: once per size
-TOOL_DELAY = "0.7"
 POLL = 1.0  # the original design's polling period
 LIMIT_S = 1.6  # espm at 100 settings
 SPEEDUP = 30.0  # original / espm at 100 settings, at least
 ES_USER = "elastic"
 ES_PASSWORD = "bench-es-password"
-EXTRA = "bench.extra.stale"
-KEYSTORE = "elasticsearch.keystore"
 STATS_PATH = "/_standin/stats"
 RELOAD_PATH = "/_nodes/_local/reload_secure_settings"
-
-
-def setting_names(count: int) -> list[str]:
-    return [f"bench.setting.s{i:03d}" for i in range(count)]
-
-
-def new_values(names: list[str], generation: int) -> dict[str, bytes]:
-    token = random.randbytes(6).hex()
-    return {n: f"value-{generation}-{n}-{token}".encode() for n in names}
-
-
-# -- the Secret folder, as the kubelet writes it ----------------------------------------------------
+WIDTH = 3  # digits in the setting names: bench.setting.s000
 
 
 # -- the stand-ins ------------------------------------------------------------------------------------
 
 
-class Folders:
-    """One design's folders: the Secret, the config folder with the keystore, the tool wrapper."""
+class Folders(keystore_folders.Folders):
+    """One design's folders, with the stand-in tool's log of its runs."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.secrets = SecretVolume(root / "secrets")
-        self.conf = root / "config"
-        self.conf.mkdir()
-        (root / "bin").mkdir()
-        self.tool = root / "bin" / "elasticsearch-keystore"
-        self.tool.write_text(f'#!/bin/sh\nexec "{PYTHON}" -m espm.standins.keystore_tool "$@"\n')
-        self.tool.chmod(0o755)
+        super().__init__(root)
         self.log = root / "tool.log"
-        self.keystore = self.conf / KEYSTORE
 
     def tool_env(self) -> dict[str, str]:
         return {"STANDIN_KEYSTORE_DELAY": TOOL_DELAY, "STANDIN_KEYSTORE_LOG": str(self.log)}
@@ -118,14 +95,6 @@ class Folders:
         except FileNotFoundError:
             return []
         return [json.loads(line)["argv"] for line in text.splitlines() if line.strip()]
-
-
-def read_settings(path: Path) -> dict[str, bytes] | None:
-    """The keystore's settings (the stand-in writes the real format)."""
-    try:
-        return dict(ksf.decode(path.read_bytes()).entries)
-    except (OSError, ksf.KeystoreFormatError):
-        return None
 
 
 class Http:
@@ -174,14 +143,7 @@ def standin_es(folders: Folders) -> Iterator[Http]:
         PYTHON, "-m", "espm.standins.elasticsearch", "--port", "0", "--port-file", str(port_file),
         "--user", ES_USER, "--password", ES_PASSWORD, "--keystore", str(folders.keystore),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        argv,
-        env=espm_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        start_new_session=True,
-    )
+    proc = spawn(argv, espm_env(), stderr)
     es: Http | None = None
     try:
         wait_for(lambda: proc.poll() is not None or port_file.exists(), 15, "the stand-in Elasticsearch")
@@ -192,12 +154,8 @@ def standin_es(folders: Folders) -> Iterator[Http]:
     finally:
         if es is not None:
             es.close()
-        _end(proc)
+        kill_tree(proc)
         stderr.close()
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    kill_tree(proc)
 
 
 def reload_count(es: Http) -> int:
@@ -215,12 +173,6 @@ def change(
     reloads_before = reload_count(es)
     log_size = folders.log.stat().st_size if folders.log.exists() else 0
     logged: list[int] = []  # when each new tool-log line was seen (ns)
-
-    def matches() -> bool:
-        settings = read_settings(folders.keystore)
-        if settings is None or (removed is not None and removed in settings):
-            return False
-        return all(settings.get(n) == v for n, v in values.items())
 
     def seen_log(now: int) -> None:
         nonlocal log_size
@@ -248,7 +200,7 @@ def change(
             key = None
         if key is not None and key != last:
             last = key
-            if matches():
+            if holds(folders.keystore, values, removed):
                 t_keystore = now
                 break
         if time.monotonic() > deadline:
@@ -286,24 +238,17 @@ def espm_status(port: int) -> dict[str, Any]:
 
 
 def measure_espm(count: int, rounds: int, ctx: Context) -> list[dict[str, Any]]:
-    names = setting_names(count)
+    names = setting_names(count, WIDTH)
     with tempfile.TemporaryDirectory(prefix="espm-bench-keystore-") as tmp:
         folders = Folders(Path(tmp))
-        current = new_values(names, 0)
-        folders.secrets.write({**current, EXTRA: b"extra-0"})
+        current = folders.seed(names)
         with standin_es(folders) as es:
-            api_port = free_port()
-            env = espm_env(
-                PM_KEYSTORE_UPDATER="true",
-                PM_HTTP_PORT=str(api_port),
-                KEYSTORE_SOURCE_DIR=str(folders.secrets.path),
-                KEYSTORE_BINARY=str(folders.tool),
-                KEYSTORE_PATH=str(folders.keystore),
+            api_port, env = folders.updater_env(
+                "tool",  # this benchmark is the tool's path (keystore-native: the other)
                 KEYSTORE_RELOAD_CREDENTIALS="true",
                 KEYSTORE_ES_ENDPOINT=f"http://127.0.0.1:{es.port}",
                 KEYSTORE_ES_USERNAME=ES_USER,
                 KEYSTORE_ES_PASSWORD=ES_PASSWORD,
-                KEYSTORE_WRITER="tool",  # this benchmark is the tool's path (keystore-native: the other)
                 **folders.tool_env(),
             )
             with running("espm", ["sleep", "600"], False, env) as espm:
@@ -357,13 +302,8 @@ def two_runs(count: int, rounds: int) -> list[float]:
     out: list[float] = []
     with tempfile.TemporaryDirectory(prefix="espm-bench-keystore-") as tmp:
         folders = Folders(Path(tmp))
-        values = folders.root / "values"
-        values.mkdir()
-        pairs: list[str] = []
-        for name, value in {**new_values(setting_names(count), 0), EXTRA: b"extra"}.items():
-            (values / name).write_bytes(value)
-            pairs += [name, str(values / name)]
-        env = espm_env(STANDIN_KEYSTORE_DELAY=TOOL_DELAY, ES_PATH_CONF=str(folders.conf))
+        pairs = folders.value_files({**new_values(setting_names(count, WIDTH), 0), EXTRA: b"extra"})
+        env = folders.direct_env()
         for _ in range(rounds):
             t0 = time.monotonic_ns()
             for args in (["add-file", "-f", *pairs], ["remove", EXTRA]):
@@ -378,11 +318,10 @@ def two_runs(count: int, rounds: int) -> list[float]:
 
 
 def measure_original(count: int, rounds: int, ctx: Context) -> list[dict[str, Any]]:
-    names = setting_names(count)
+    names = setting_names(count, WIDTH)
     with tempfile.TemporaryDirectory(prefix="espm-bench-keystore-") as tmp:
         folders = Folders(Path(tmp))
-        current = new_values(names, 0)
-        folders.secrets.write({**current, EXTRA: b"extra-0"})
+        current = folders.seed(names)
         # The starting keystore, in one run without the delay and outside the log.
         pairs = [x for n in [*names, EXTRA] for x in (n, str(folders.secrets.path / n))]
         prep = {k: v for k, v in espm_env().items() if not k.startswith("STANDIN_")}
@@ -426,7 +365,7 @@ def measure_original(count: int, rounds: int, ctx: Context) -> list[dict[str, An
                         ctx.log(f"  original {count}: {one}")
                 return out
             finally:
-                _end(proc)
+                kill_tree(proc)
                 stderr.close()
 
 

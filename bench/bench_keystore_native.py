@@ -26,7 +26,6 @@ import hashlib
 import http.client
 import json
 import os
-import random
 import subprocess
 import tempfile
 import time
@@ -40,22 +39,18 @@ from harness import (
     Result,
     Row,
     espm_env,
-    free_port,
     kib,
     median,
     proc_status,
     running,
     wait_for,
 )
-
-from espm.keystore import format as ksf
-from espm.standins.secret import SecretVolume
+from keystore_folders import EXTRA, TOOL_DELAY, Folders, holds, new_values, setting_names
 
 NAME = "keystore-native"
 ROUNDS = 5  # measured changes per native case (`--runs keystore-native=N`)
 TOOL_ROUNDS = 2
 SYNC_ROUNDS = 5
-TOOL_DELAY = "0.7"
 # (format version, settings, target in seconds)
 CASES = (
     (3, 100, 0.050),
@@ -67,46 +62,8 @@ CASES = (
 )
 SYNC_LIMIT = 0.300
 SYNC_FORMATS = (5, 6, 7)  # the tool anchor runs beside format 6 (the stand-in writes 6)
-EXTRA = "bench.extra.stale"
 RSS: dict[tuple[str, int, int], float] = {}  # (writer, format, settings) -> idle MiB after the changes
-KEYSTORE = "elasticsearch.keystore"
-
-
-def names(count: int) -> list[str]:
-    return [f"bench.setting.s{i:04d}" for i in range(count)]
-
-
-def new_values(settings: list[str], generation: int) -> dict[str, bytes]:
-    token = random.randbytes(6).hex()
-    return {n: f"value-{generation}-{n}-{token}".encode() for n in settings}
-
-
-class Folders:
-    """A Secret folder, a config folder with a keystore of format `fmt`, the stand-in tool."""
-
-    def __init__(self, root: Path, fmt: int) -> None:
-        self.root = root
-        self.secrets = SecretVolume(root / "secrets")
-        self.conf = root / "config"
-        self.conf.mkdir()
-        (root / "bin").mkdir()
-        self.tool = root / "bin" / "elasticsearch-keystore"
-        self.tool.write_text(f'#!/bin/sh\nexec "{PYTHON}" -m espm.standins.keystore_tool "$@"\n')
-        self.tool.chmod(0o755)
-        self.keystore = self.conf / KEYSTORE
-        start = ksf.Keystore.new(fmt).with_entries({"bootstrap.password": b"bench-bootstrap"})
-        self.keystore.write_bytes(ksf.encode(start))
-        self.keystore.chmod(0o660)
-
-
-def holds(path: Path, values: dict[str, bytes], removed: str | None) -> bool:
-    try:
-        entries = ksf.decode(path.read_bytes()).entries
-    except (OSError, ksf.KeystoreFormatError):
-        return False
-    if removed is not None and removed in entries:
-        return False
-    return all(entries.get(n) == v for n, v in values.items())
+WIDTH = 4  # digits in the setting names: bench.setting.s0000 (up to 1,000 settings)
 
 
 def change(folders: Folders, values: dict[str, bytes], removed: str | None, timeout: float) -> float:
@@ -140,22 +97,12 @@ def status(port: int) -> dict[str, Any]:
 
 
 def measure_updates(fmt: int, count: int, writer: str, rounds: int) -> list[float]:
-    settings = names(count)
+    settings = setting_names(count, WIDTH)
     with tempfile.TemporaryDirectory(prefix="espm-bench-native-") as tmp:
         folders = Folders(Path(tmp), fmt)
-        current = new_values(settings, 0)
-        folders.secrets.write({**current, EXTRA: b"extra-0"})
-        port = free_port()
-        env = espm_env(
-            PM_KEYSTORE_UPDATER="true",
-            PM_HTTP_PORT=str(port),
-            KEYSTORE_SOURCE_DIR=str(folders.secrets.path),
-            KEYSTORE_BINARY=str(folders.tool),
-            KEYSTORE_PATH=str(folders.keystore),
-            KEYSTORE_WRITER=writer,
-            STANDIN_KEYSTORE_DELAY=TOOL_DELAY,
-            PM_METRICS="true",
-            PM_EXP_VARS="true",
+        current = folders.seed(settings)
+        port, env = folders.updater_env(
+            writer, STANDIN_KEYSTORE_DELAY=TOOL_DELAY, PM_METRICS="true", PM_EXP_VARS="true"
         )
         with running("espm", ["sleep", "600"], False, env) as espm:
 
@@ -183,15 +130,13 @@ def measure_updates(fmt: int, count: int, writer: str, rounds: int) -> list[floa
 
 def measure_sync(fmt: int, rounds: int) -> tuple[list[float], list[float]]:
     """Exec-to-exit seconds of `espm keystore sync`, and of one stand-in tool run doing the same."""
-    settings = names(100)
+    settings = setting_names(100, WIDTH)
     espm_times: list[float] = []
     tool_times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="espm-bench-sync-") as tmp:
         folders = Folders(Path(tmp), fmt)
-        values_dir = Path(tmp) / "values"
-        values_dir.mkdir()
         env = espm_env()
-        tool_env = {**env, "ES_PATH_CONF": str(folders.conf), "STANDIN_KEYSTORE_DELAY": TOOL_DELAY}
+        tool_env = folders.direct_env()
         for i in range(rounds):
             values = new_values(settings, i + 1)
             folders.secrets.write(values)
@@ -205,10 +150,7 @@ def measure_sync(fmt: int, rounds: int) -> tuple[list[float], list[float]]:
                 continue
             # The anchor: the stand-in tool (a format 6 writer) adds the same 100 values in one run.
             values = new_values(settings, 100 + i)
-            pairs: list[str] = []
-            for name, value in values.items():
-                (values_dir / name).write_bytes(value)
-                pairs += [name, str(values_dir / name)]
+            pairs = folders.value_files(values)
             t0 = time.monotonic_ns()
             done = subprocess.run(
                 [str(folders.tool), "add-file", "-f", "--", *pairs], env=tool_env, capture_output=True

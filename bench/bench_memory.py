@@ -44,6 +44,7 @@ from harness import (
     listening,
     manager_argv,
     proc_status,
+    spawn,
     wait_for,
 )
 
@@ -82,15 +83,18 @@ startsecs=0
 """
 
 
+def _footprint(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (KiB) and the thread count of process `pid`, from /proc."""
+    status = proc_status(pid)
+    return {
+        "VmRSS": kib(status["VmRSS"]),
+        "VmHWM": kib(status["VmHWM"]),
+        "threads": int(status["Threads"]),
+    }
+
+
 def _measure(argv: list[str], env: dict[str, str], port: int | None) -> dict[str, int]:
-    proc = subprocess.Popen(
-        argv,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = spawn(argv, env)
     try:
         wait_for(lambda: proc.poll() is not None or children(proc.pid), 15, f"the child of {argv[0]}")
         if port is not None:
@@ -98,12 +102,7 @@ def _measure(argv: list[str], env: dict[str, str], port: int | None) -> dict[str
         if proc.poll() is not None:
             raise BenchError(f"{argv[0]} exited with {proc.returncode}")
         time.sleep(IDLE)
-        status = proc_status(proc.pid)
-        return {
-            "VmRSS": kib(status["VmRSS"]),
-            "VmHWM": kib(status["VmHWM"]),
-            "threads": int(status["Threads"]),
-        }
+        return _footprint(proc.pid)
     finally:
         kill_tree(proc)
 
@@ -133,6 +132,8 @@ class Pod:
 def everything_on(root: Path, profiler: bool = False) -> Iterator[Pod]:
     """espm with HTTPS, the updater reloading over HTTPS, metrics and vars (and the profiler when
     asked), listening; both processes are killed on the way out. Shared with memory_soak.py."""
+    from keystore_folders import KEYSTORE, write_tool
+
     from espm.standins.secret import SecretVolume
     from tests.certs import CA
 
@@ -142,18 +143,15 @@ def everything_on(root: Path, profiler: bool = False) -> Iterator[Pod]:
     secrets = SecretVolume(root / "secrets")
     conf = root / "config"
     conf.mkdir()
-    tool = root / "elasticsearch-keystore"
-    tool.write_text(f'#!/bin/sh\nexec "{PYTHON}" -m espm.standins.keystore_tool "$@"\n')
-    tool.chmod(0o755)
-    keystore = conf / "elasticsearch.keystore"
+    tool = write_tool(root / "elasticsearch-keystore")
+    keystore = conf / KEYSTORE
     secrets.write({"s3.client.default.access_key": "a0", "s3.client.default.secret_key": "s0"})
     es_port = free_port()
-    es = subprocess.Popen(
+    es = spawn(
         [PYTHON, "-m", "espm.standins.elasticsearch", "--port", str(es_port), "--cert",
          str(es_cert.cert), "--key", str(es_cert.key), "--user", ES_USER, "--password",
          ES_PASSWORD, "--keystore", str(keystore)],
-        env=espm_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        espm_env(),
     )  # fmt: skip
     port = free_port()
     env = espm_env(
@@ -174,14 +172,7 @@ def everything_on(root: Path, profiler: bool = False) -> Iterator[Pod]:
         KEYSTORE_ES_PASSWORD=ES_PASSWORD,
         KEYSTORE_ES_CA_CERTS_PATH=str(ca.path),
     )
-    proc = subprocess.Popen(
-        manager_argv("espm", CHILD, False),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = spawn(manager_argv("espm", CHILD, False), env)
     try:
         wait_for(lambda: proc.poll() is not None or listening(port), 15, f"port {port}")
         yield Pod(proc, port, ca.path, secrets)
@@ -220,15 +211,11 @@ def _loaded(ctx: Context) -> dict[str, int]:
             pod.secrets.write(
                 {"s3.client.default.access_key": f"a{n + 1}", "s3.client.default.secret_key": f"s{n}"}
             )
-            wait_for(lambda n=n: reloaded(n + 2), 30, f"update {n + 1}", interval=0.05)  # type: ignore[misc]
+            wait_for(lambda n=n: reloaded(n + 2), 30, f"update {n + 1}", interval=0.05)
         time.sleep(IDLE)
-        status = proc_status(pod.proc.pid)
+        footprint = _footprint(pod.proc.pid)
         ctx.log(f"  everything on: answers {codes}; {keystore_status()['updates']} updates")
-        return {
-            "VmRSS": kib(status["VmRSS"]),
-            "VmHWM": kib(status["VmHWM"]),
-            "threads": int(status["Threads"]),
-        }
+        return footprint
 
 
 def run(ctx: Context) -> Result:
@@ -254,19 +241,15 @@ def run(ctx: Context) -> Result:
     loaded_mib = loaded["VmRSS"] / 1024
     result.details = {"idle_seconds": IDLE, "kib": figures, "everything_on_kib": loaded}
     result.rows = [
-        Row(
-            "VmRSS idle",
-            "MiB",
-            {m: v["VmRSS"] for m, v in mib.items()},
-            f"espm <= {LIMIT_MIB:g} MiB",
-            mib["espm"]["VmRSS"] <= LIMIT_MIB,
-        ),
-        Row(
-            "VmHWM",
-            "MiB",
-            {m: v["VmHWM"] for m, v in mib.items()},
-            f"espm <= {LIMIT_MIB:g} MiB",
-            mib["espm"]["VmHWM"] <= LIMIT_MIB,
+        *(
+            Row(
+                metric,
+                "MiB",
+                {m: v[key] for m, v in mib.items()},
+                f"espm <= {LIMIT_MIB:g} MiB",
+                mib["espm"][key] <= LIMIT_MIB,
+            )
+            for key, metric in (("VmRSS", "VmRSS idle"), ("VmHWM", "VmHWM"))
         ),
         Row(
             f"VmRSS everything on, {REQUESTS} requests, {UPDATES} updates",

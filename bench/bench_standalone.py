@@ -47,6 +47,7 @@ from harness import (  # noqa: E402
     median,
     percentile,
     proc_status,
+    spawn,
     wait_for,
 )
 
@@ -82,14 +83,7 @@ def sizes(managers: dict[str, list[str]]) -> dict[str, dict[str, float]]:
 def idle_rss(name: str, env: dict[str, str]) -> float:
     """MiB of VmRSS summed over the manager's own processes (not the `sleep` child)."""
     port = free_port()
-    proc = subprocess.Popen(
-        manager_argv(name, CHILD, False),
-        env={**env, "PM_HTTP_PORT": str(port)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = spawn(manager_argv(name, CHILD, False), {**env, "PM_HTTP_PORT": str(port)})
     try:
         wait_for(lambda: proc.poll() is not None or listening(port), 15, f"{name} listening")
         wait_for(lambda: proc.poll() is not None or _sleeping(proc.pid), 15, f"the child of {name}")

@@ -113,6 +113,21 @@ def manager_argv(name: str, child: Sequence[str], pid1: bool) -> list[str]:
 # -- /proc ------------------------------------------------------------------------------------
 
 
+def spawn(
+    argv: Sequence[str], env: dict[str, str] | None, stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """`argv` in a session of its own (for kill_tree), stdin and stdout on /dev/null, stderr too
+    unless given."""
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
+
+
 def kill_tree(proc: subprocess.Popen[Any]) -> None:
     """SIGKILL a process and everything below it (deepest first), then reap it."""
     for pid in reversed([proc.pid, *descendants(proc.pid)]):
