@@ -153,8 +153,10 @@ def _without_libcrypto(*args: str, **env: str) -> subprocess.CompletedProcess[st
     """`espm *args` in a mount namespace where every libcrypto shared object reads as empty."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a mount namespace")
-    folders = {Path(p).resolve().parent for p in (crypto.libcrypto_path(), "/usr/lib/x86_64-linux-gnu")}
-    hidden = sorted({str(f.resolve()) for d in folders if d.is_dir() for f in d.glob("libcrypto.so*")})
+    # The one this process loaded, and every one the dynamic linker could find by name.
+    found = {*Path("/usr/lib").glob("libcrypto.so*"), *Path("/usr/lib").glob("*/libcrypto.so*")}
+    found |= {*Path("/usr/local/lib").glob("libcrypto.so*"), Path(crypto.libcrypto_path())}
+    hidden = sorted({str(f.resolve()) for f in found})
     mounts = " && ".join(f"mount --bind /dev/null {shlex.quote(f)}" for f in hidden)
     argv = ["unshare", "--mount", "sh", "-c", f'{mounts} && exec "$@"', "sh", PYTHON, "-m", "espm", *args]
     return subprocess.run(argv, env=base_env(**env), capture_output=True, text=True, timeout=30)
@@ -167,7 +169,7 @@ def test_no_usable_libcrypto_is_one_clear_line_and_nothing_written(tmp_path: Pat
     keystore = tmp_path / "elasticsearch.keystore"
     shutil.copyfile(REAL / V5, keystore)
     before = keystore.read_bytes()
-    new = tmp_path / "new.keystore"  # to be created: nothing is read before the first write
+    new = tmp_path / "new.keystore"  # not there yet: creating it must write nothing either
     runs = {
         "list": _without_libcrypto("keystore", "list", str(keystore)),
         "sync": _without_libcrypto("keystore", "sync", "--source", str(source), "--keystore", str(keystore)),
