@@ -62,6 +62,8 @@ from harness import (
 )
 from keystore_folders import EXTRA, TOOL_DELAY, holds, new_values, setting_names
 
+from espm.standins.keystore_tool import logged_runs
+
 NAME = "keystore"
 SIZES = (1, 10, 100)
 RUNS = 3  # measured changes per size for espm (`--runs keystore=N`)
@@ -90,11 +92,7 @@ class Folders(keystore_folders.Folders):
         return {"STANDIN_KEYSTORE_DELAY": TOOL_DELAY, "STANDIN_KEYSTORE_LOG": str(self.log)}
 
     def runs(self) -> list[list[str]]:
-        try:
-            text = self.log.read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line)["argv"] for line in text.splitlines() if line.strip()]
+        return logged_runs(self.log)
 
 
 class Http:

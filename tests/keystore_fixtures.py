@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from espm.standins.keystore_tool import parse_keystore
+from espm.standins.keystore_tool import logged_runs, parse_keystore
 from espm.standins.secret import SecretVolume
 from tests.conftest import PYTHON, base_env
 from tests.standin_es import ES_PASSWORD, ES_USER, Pki, StandinEs
@@ -129,11 +128,7 @@ class KeystoreSetup:
 
     def runs(self) -> list[list[str]]:
         """argv of every tool run the manager made, in order."""
-        try:
-            text = self.log.read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line)["argv"] for line in text.splitlines() if line.strip()]
+        return logged_runs(self.log)
 
     def work_folders(self) -> list[str]:
         return sorted(p.name for p in self.conf.iterdir() if p.name.startswith(WORK_PREFIX))

@@ -707,6 +707,15 @@ def _log_invocation(log_path: str, args: list[str], environ: Mapping[str, str]) 
         os.close(fd)
 
 
+def logged_runs(log_path: Path) -> list[list[str]]:
+    """argv of every run recorded in the invocation log at `log_path`, in order (none yet: [])."""
+    try:
+        text = log_path.read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line)["argv"] for line in text.splitlines() if line.strip()]
+
+
 def _hang() -> NoReturn:
     while True:
         time.sleep(3600)
