@@ -216,9 +216,8 @@ def pid1(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-@pytest.fixture
-def espm() -> Iterator[Any]:
-    """A factory of running managers, all killed at the end of the test."""
+def _managers() -> Iterator[Any]:
+    """A factory of running managers, all killed when the generator ends."""
     started: list[Espm] = []
 
     def start(command: list[str], pid1: bool = False, **kwargs: Any) -> Espm:
@@ -231,11 +230,23 @@ def espm() -> Iterator[Any]:
     yield start
     for manager in started:
         manager.close()
-    # Whatever the test did, espm itself never printed a Python traceback (an asyncio
+    # Whatever the tests did, espm itself never printed a Python traceback (an asyncio
     # "Exception in callback" included): a bug that a passing assertion could hide.
     for manager in started:
         raw = [r["message"] for r in manager.logs if r.get("raw")]
         assert not [line for line in raw if "Traceback" in line or "Exception in callback" in line], raw
+
+
+@pytest.fixture
+def espm() -> Iterator[Any]:
+    """A factory of running managers, all killed at the end of the test."""
+    yield from _managers()
+
+
+@pytest.fixture(scope="module")
+def module_espm() -> Iterator[Any]:
+    """The same, killed at the end of the module: for managers that several tests share."""
+    yield from _managers()
 
 
 def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.005) -> Any:

@@ -28,11 +28,32 @@ def raw(port: int, data: bytes, timeout: float = 5) -> bytes:
     return b"".join(chunks)
 
 
+def _untouched(manager) -> bool:
+    try:
+        return manager.status()["state"] == "started"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def shared() -> list:
+    """The manager this module's asking tests share; a new one replaces it after a test broke it."""
+    return []
+
+
 @pytest.fixture
-def api(espm):
-    m = espm(["sleep", "60"])
-    m.wait_api()
-    return m
+def api(module_espm, shared):
+    """One manager serves the tests that only ask (a start costs it about 0.1 s of CPU, 40 times
+    over). Each test must leave it as it found it, and fails here if it does not; the next test
+    then gets a new one, so that only the guilty test fails."""
+    if not shared or not _untouched(shared[-1]):
+        shared.append(module_espm(["sleep", "600"]))
+        shared[-1].wait_api()
+    manager = shared[-1]
+    pid = manager.status()["pid"]
+    yield manager
+    doc = manager.status()
+    assert doc["state"] == "started" and doc["pid"] == pid, doc
 
 
 def test_health_and_status_are_json(api) -> None:

@@ -1,11 +1,13 @@
 """The Elasticsearch client against misbehaving endpoints: bounded answers, named faults, flat memory.
 
-Each endpoint is a real server on a real socket (tests/faulty_es.py); the client runs in its own
-process (tests/fixtures/es_client_loop.py), so its RSS is its own.
+Each endpoint is a real server on a real socket (tests/faulty_es.py). The client's loop is
+tests/fixtures/es_client_loop.py: the memory tests run it in its own process, so that its RSS is
+its own; the tests of reasons run it in this one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import subprocess
@@ -18,6 +20,7 @@ import pytest
 from tests.certs import CA
 from tests.conftest import PYTHON, fixture, wait_for
 from tests.faulty_es import FaultyEs
+from tests.fixtures.es_client_loop import attempts, client_for
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +38,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"ca": trusted.path, "good": server(trusted), "wrong": server(other)}
 
 
-def run_client(es: FaultyEs, ca: Path, attempts: int, timeout: float = 5.0) -> dict[str, Any]:
+def run_client(es: FaultyEs, ca: Path, count: int, timeout: float = 5.0) -> dict[str, Any]:
     out = subprocess.run(
-        [PYTHON, fixture("es_client_loop.py"), es.endpoint, str(ca), str(attempts), str(timeout)],
+        [PYTHON, fixture("es_client_loop.py"), es.endpoint, str(ca), str(count), str(timeout)],
         capture_output=True,
         timeout=300,
         check=False,
@@ -45,6 +48,11 @@ def run_client(es: FaultyEs, ca: Path, attempts: int, timeout: float = 5.0) -> d
     assert out.returncode == 0 and not out.stderr, out.stderr.decode()[-3000:]
     doc: dict[str, Any] = json.loads(out.stdout)
     return doc
+
+
+def reasons_of(es: FaultyEs, ca: Path, count: int, timeout: float = 5.0) -> dict[str, Any]:
+    """The same loop in this process (real sockets and TLS, no process start): reasons and answers."""
+    return asyncio.run(attempts(client_for(es.endpoint, ca, timeout), count))
 
 
 FAULTS: dict[str, tuple[str, str, list[str]]] = {
@@ -75,7 +83,7 @@ def test_a_fault_is_named_in_the_reason(pki, name) -> None:
     es = FaultyEs(fault, pki[cert] if cert else None)
     try:
         started = time.monotonic()
-        doc = run_client(es, pki["ca"], 4, timeout=0.3 if fault in ("silent", "trickle") else 5.0)
+        doc = reasons_of(es, pki["ca"], 4, timeout=0.3 if fault in ("silent", "trickle") else 5.0)
         elapsed = time.monotonic() - started
     finally:
         es.close()
@@ -107,7 +115,7 @@ WEIRD_JSON = {
 def test_unexpected_json_gives_a_clear_reason(pki, body) -> None:
     es = FaultyEs(f"json:{body}", pki["good"])
     try:
-        doc = run_client(es, pki["ca"], 4)
+        doc = reasons_of(es, pki["ca"], 4)
     finally:
         es.close()
     reasons = " | ".join(doc["reasons"])
