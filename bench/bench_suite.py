@@ -62,7 +62,9 @@ def one_run(extra: list[str]) -> tuple[bool, str]:
         f"{summary[-1] if summary else 'no summary'}: {wall:.1f} s wall, {cpu:.1f} s CPU, "
         f"the machine {busy:.0%} busy; anchor {before:.2f} s before, {after:.2f} s after"
     )
-    return done.returncode == 0, line
+    # The tests that failed, by name (pytest's -ra summary), so that a flaky one is not lost.
+    failed = re.findall(r"^(?:FAILED|ERROR) .*$", done.stdout, re.MULTILINE)
+    return done.returncode == 0, "\n  ".join([line, *failed])
 
 
 def main() -> int:
