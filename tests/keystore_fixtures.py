@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from espm.standins.keystore_tool import logged_runs, parse_keystore
+from espm.standins.keystore_tool import logged_invocations, logged_runs, parse_keystore
 from espm.standins.secret import SecretVolume
 from tests.conftest import PYTHON, base_env
 from tests.standin_es import ES_PASSWORD, ES_USER, Pki, StandinEs
@@ -129,6 +129,10 @@ class KeystoreSetup:
     def runs(self) -> list[list[str]]:
         """argv of every tool run the manager made, in order."""
         return logged_runs(self.log)
+
+    def run_folders(self) -> list[str]:
+        """The name of the work folder (ES_PATH_CONF) of every tool run, in order."""
+        return [Path(record["es_path_conf"]).name for record in logged_invocations(self.log)]
 
     def work_folders(self) -> list[str]:
         return sorted(p.name for p in self.conf.iterdir() if p.name.startswith(WORK_PREFIX))

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NoReturn, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from espm.keystore import format as ksf
 
@@ -707,13 +707,19 @@ def _log_invocation(log_path: str, args: list[str], environ: Mapping[str, str]) 
         os.close(fd)
 
 
-def logged_runs(log_path: Path) -> list[list[str]]:
-    """argv of every run recorded in the invocation log at `log_path`, in order (none yet: [])."""
+def logged_invocations(log_path: Path) -> list[dict[str, Any]]:
+    """Every run recorded in the invocation log at `log_path`, in order (none yet: []): its
+    `argv`, `es_path_conf` and `cwd`."""
     try:
         text = log_path.read_text()
     except FileNotFoundError:
         return []
-    return [json.loads(line)["argv"] for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def logged_runs(log_path: Path) -> list[list[str]]:
+    """argv of every run recorded in the invocation log at `log_path`, in order (none yet: [])."""
+    return [record["argv"] for record in logged_invocations(log_path)]
 
 
 def _hang() -> NoReturn:
