@@ -20,9 +20,13 @@ def test_every_signal_reaches_child_and_grandchild(espm, pid1: bool) -> None:
     m = espm(["python3", fixture("sigrecorder.py"), "--grandchild"], pid1=pid1)
     assert m.readline() == "child ready"
     for sig in MATRIX:
-        m.signal(sig)
-        got = {m.readline(), m.readline()}
         name = signal.Signals(sig).name
+        m.signal(sig)
+        try:
+            got = {m.readline(), m.readline()}
+        except AssertionError as err:
+            said = [r["message"] for r in forwarded_records(m)]
+            raise AssertionError(f"after {name}: {err}; the manager said: {said}") from None
         assert got == {f"child {name}", f"grandchild {name}"}, f"after {name}"
     # The job-control signals were forwarded and the manager itself never stopped.
     assert proc_state(m.pid) != "T"
