@@ -43,7 +43,7 @@ def shared() -> list:
 
 @pytest.fixture
 def api(module_espm, shared):
-    """One manager serves the tests that only ask (a start costs it about 0.1 s of CPU, 40 times
+    """One manager serves the tests that only ask (a start costs it about 0.1 s of CPU, 39 times
     over). Each test must leave it as it found it, and fails here if it does not; the next test
     then gets a new one, so that only the guilty test fails."""
     if not shared or not _untouched(shared[-1]):
