@@ -15,14 +15,13 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from espm.standins.keystore_tool import logged_invocations, logged_runs, parse_keystore
 from espm.standins.secret import SecretVolume
-from tests.conftest import PYTHON, base_env
+from tests.conftest import PYTHON, base_env, wait_for
 from tests.standin_es import ES_PASSWORD, ES_USER, Pki, StandinEs
 
 KEYSTORE = "elasticsearch.keystore"
@@ -176,17 +175,19 @@ def status(manager: Any) -> dict[str, Any]:
 
 
 def wait_status(manager: Any, predicate: Any, timeout: float = 10) -> dict[str, Any]:
-    """Poll GET /keystore/status until `predicate(status)` holds."""
-    deadline = time.monotonic() + timeout
-    pause = 0.005
-    while True:
-        doc = status(manager)
-        if predicate(doc):
-            return doc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"keystore status never matched within {timeout}s; last: {doc}")
-        time.sleep(pause)
-        pause = min(pause * 1.5, 0.1)
+    """Poll GET /keystore/status (conftest.wait_for's pace) until `predicate(status)` holds."""
+    last: dict[str, Any] = {}
+
+    def matched() -> dict[str, Any] | None:
+        nonlocal last
+        last = status(manager)
+        return last if predicate(last) else None
+
+    try:
+        doc: dict[str, Any] = wait_for(matched, timeout)
+    except AssertionError:
+        raise AssertionError(f"keystore status never matched within {timeout}s; last: {last}") from None
+    return doc
 
 
 def wait_state(manager: Any, state: str, reason: str | None = None, timeout: float = 10) -> dict[str, Any]:
@@ -195,17 +196,6 @@ def wait_state(manager: Any, state: str, reason: str | None = None, timeout: flo
         lambda s: s["state"] == state and (reason is None or s["reason"].startswith(reason)),
         timeout,
     )
-
-
-def wait_runs(ks: KeystoreSetup, count: int, timeout: float = 10) -> list[list[str]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = ks.runs()
-        if len(runs) >= count:
-            return runs
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} tool runs within {timeout}s; got {runs}")
-        time.sleep(0.01)
 
 
 def reload_env(ks: KeystoreSetup, es: StandinEs, pki: Pki, **extra: str) -> dict[str, str]:
